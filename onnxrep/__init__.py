@@ -1,0 +1,122 @@
+"""onnxrep: make YOLOv9 (and RepVGG-style) ONNX exports deployable.
+
+    result = onnxrep.optimize("yolov9-c.onnx")
+    result.model      # onnx.ModelProto, optimized
+    result.report     # onnxrep.report.Report (JSON-serialisable via .to_dict())
+    result.ok         # False when verification found a mismatch
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxrep import io as _io
+from onnxrep.io import OnnxrepError
+from onnxrep.passes import DEFAULT_PIPELINE, Context, run_pipeline, select
+from onnxrep.report import Report, model_stats
+from onnxrep.verify import Verification, verify as _verify
+
+__version__ = "0.1.0"
+__all__ = ["optimize", "Result", "OnnxrepError", "DEFAULT_PIPELINE", "__version__"]
+
+
+@dataclass
+class Result:
+    model: onnx.ModelProto
+    report: Report
+    verification: Verification | None
+    source: _io.LoadInfo | None = None   # how the input was stored, when it came from a file
+
+    @property
+    def ok(self) -> bool:
+        return self.verification is None or self.verification.ok
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def from_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Export `graph`, keeping the original model's identity: opsets, IR version, producer, metadata."""
+    model = gs.export_onnx(graph, do_type_check=False, opset_imports=list(original.opset_import))
+    model.ir_version = original.ir_version
+    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, key, getattr(original, key))
+    model.graph.doc_string = original.graph.doc_string
+    model.graph.name = original.graph.name
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    return model
+
+
+def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 1, seed: int = 0,
+             input_shapes: dict | None = None, input_data: list[dict] | None = None,
+             rtol: float | None = None, atol: float | None = None, aux: str = "auto",
+             keep_outputs=(), drop_outputs=(), rename_outputs: bool = False, on_step=None) -> Result:
+    """Optimize a model (ModelProto or path) and, unless verify=False, prove it equal in onnxruntime.
+
+    passes: names of passes to run (default: the whole DEFAULT_PIPELINE), in pipeline order.
+    on_step: optional callback(str) told about each step (the CLI's progress line).
+    """
+    step = on_step or (lambda _msg: None)
+    seconds = {}
+    t0 = time.perf_counter()
+    if isinstance(model_or_path, (str, os.PathLike)):
+        step("loading")
+        original, info = _io.load(model_or_path)
+        label, file_bytes = str(model_or_path), info.file_bytes
+    elif isinstance(model_or_path, onnx.ModelProto):
+        original, label, file_bytes, info = model_or_path, "<model>", None, None
+    else:
+        raise TypeError("optimize() takes an onnx.ModelProto or a path")
+    seconds["load"] = time.perf_counter() - t0
+
+    try:
+        pipeline = select(list(passes) if passes is not None else None)
+    except ValueError as exc:
+        raise OnnxrepError(str(exc)) from exc
+    opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), 17)
+    ctx = Context(opset=opset, aux=aux, keep_outputs=tuple(keep_outputs), drop_outputs=tuple(drop_outputs),
+                  rename_outputs=rename_outputs)
+
+    t0 = time.perf_counter()
+    graph = to_graph(original)
+    results = run_pipeline(graph, ctx, pipeline, on_pass=lambda name: step(f"pass {name}"))
+    optimized = from_graph(graph, original)
+    seconds["optimize"] = time.perf_counter() - t0
+
+    renamed = {}
+    outputs = {}
+    for res in results.values():
+        renamed.update(res.info.get("renamed", {}))
+        for key in ("kept", "dropped", "note"):
+            if key in res.info:
+                outputs[key] = res.info[key]
+    if renamed:
+        outputs["renamed"] = renamed
+    outputs.setdefault("kept", [o.name for o in optimized.graph.output])
+
+    verification = None
+    if verify:
+        step("verifying")
+        t0 = time.perf_counter()
+        verification = _verify(original, optimized, samples=samples, seed=seed, shapes=input_shapes,
+                               feeds=input_data, rtol=rtol, atol=atol, renamed=renamed)
+        seconds["verify"] = time.perf_counter() - t0
+
+    report = Report(
+        input=label,
+        output=None,
+        before=model_stats(original, file_bytes),
+        after=model_stats(optimized, None),
+        passes={name: {"count": r.count, "declined": list(r.notes)} for name, r in results.items()},
+        outputs=outputs,
+        verification=verification.to_dict() if verification else None,
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+    )
+    return Result(model=optimized, report=report, verification=verification, source=info)

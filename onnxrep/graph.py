@@ -1,0 +1,225 @@
+"""Small helpers over onnx-graphsurgeon shared by every pass.
+
+The passes ask three kinds of question, answered here once:
+  * is this tensor a constant, and what is its value? (initializer, Constant node, Identity alias,
+    or a short constant-foldable chain such as raw dynamo's ``Expand(CastLike(0, x), Shape(w))``);
+  * who else reads this tensor? (consumers, graph outputs, subgraph references);
+  * what is this attribute, with the ONNX spec default when it is absent?
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+# A chain longer than this is not a "parameter computation" but real work: don't evaluate it here.
+_MAX_FOLD_DEPTH = 8
+_MAX_FOLD_ELEMENTS = 1 << 26
+
+
+# --------------------------------------------------------------------------------------------- names
+
+
+class Namer:
+    """Fresh, graph-unique tensor and node names (new tensors never reuse an existing name)."""
+
+    def __init__(self, graph: gs.Graph):
+        self._taken = {t for t in graph.tensors().keys()}
+        for g in iter_graphs(graph):
+            self._taken.update(n.name for n in g.nodes if n.name)
+            self._taken.update(g.tensors().keys())
+        self._counter = itertools.count()
+
+    def __call__(self, base: str) -> str:
+        base = base or "onnxrep"
+        name = base
+        while name in self._taken:
+            name = f"{base}_{next(self._counter)}"
+        self._taken.add(name)
+        return name
+
+
+# -------------------------------------------------------------------------------------- graph walks
+
+
+def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """The graph itself, then every If/Loop/Scan body nested in it (depth first)."""
+    yield graph
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            subs = value if isinstance(value, (list, tuple)) else [value]
+            for sub in subs:
+                if isinstance(sub, gs.Graph):
+                    yield from iter_graphs(sub)
+
+
+def is_std(node: gs.Node, *ops: str) -> bool:
+    """Node is in the default ONNX domain (and, if given, one of `ops`)."""
+    return node.domain in (None, "", "ai.onnx") and (not ops or node.op in ops)
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def sole_consumer(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
+    """The only node reading `tensor`, or None if it has several readers or is a graph output."""
+    if is_graph_output(graph, tensor) or len(tensor.outputs) != 1:
+        return None
+    return tensor.outputs[0]
+
+
+def is_private(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """True when `tensor` feeds exactly one node and is not visible from outside the graph."""
+    return sole_consumer(graph, tensor) is not None
+
+
+# ------------------------------------------------------------------------------------ attributes
+
+
+def attr(node: gs.Node, name: str, default=None, opset: int | None = None):
+    """Attribute value, else the ONNX spec default for this op, else `default`."""
+    if name in node.attrs:
+        return node.attrs[name]
+    try:
+        schema = onnx.defs.get_schema(node.op, opset or onnx.defs.onnx_opset_version(), node.domain or "")
+        proto = schema.attributes[name].default_value
+        if proto is not None and proto.type != 0:
+            return onnx.helper.get_attribute_value(proto)
+    except Exception:  # unknown op or attribute: the caller's default is the answer
+        pass
+    return default
+
+
+def conv_attrs(node: gs.Node, spatial: int) -> dict:
+    """Conv/ConvTranspose attributes with the spec's (partly implicit) defaults filled in."""
+    def ints(name, fill):
+        value = node.attrs.get(name)
+        return [int(v) for v in value] if value is not None else [fill] * spatial
+
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    return {
+        "group": int(node.attrs.get("group", 1)),
+        "strides": ints("strides", 1),
+        "dilations": ints("dilations", 1),
+        "pads": ints("pads", 0) if "pads" in node.attrs else [0] * (2 * spatial),
+        "auto_pad": auto_pad,
+        "kernel_shape": [int(v) for v in node.attrs["kernel_shape"]] if "kernel_shape" in node.attrs else None,
+    }
+
+
+# ------------------------------------------------------------------------------------- constants
+
+
+def const_value(tensor: gs.Tensor | None, _depth: int = 0) -> np.ndarray | None:
+    """The value of `tensor` if it is a compile-time constant, else None.
+
+    Graph inputs are never constant, even when they have an initializer (the user may feed them).
+    """
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    node = producer(tensor)
+    if node is None or _depth > _MAX_FOLD_DEPTH or not is_std(node):
+        return None
+    if node.op == "Constant":
+        return _constant_node_value(node)
+    if node.op == "Identity":
+        return const_value(node.inputs[0], _depth + 1)
+    if node.op == "CastLike":  # only the *dtype* of the second input matters, and that is static
+        value = const_value(node.inputs[0], _depth + 1)
+        target = node.inputs[1].dtype if len(node.inputs) > 1 else None
+        if value is None or target is None:
+            return None
+        return value.astype(onnx.helper.tensor_dtype_to_np_dtype(target) if isinstance(target, int) else target)
+    if node.op == "Shape":  # static when the input's shape is fully known
+        return _static_shape(node)
+    inputs = [const_value(t, _depth + 1) if t.name else None for t in node.inputs]
+    if any(v is None and t.name for v, t in zip(inputs, node.inputs)):
+        return None
+    if any(v is not None and v.size > _MAX_FOLD_ELEMENTS for v in inputs):
+        return None
+    return _evaluate(node, inputs)
+
+
+def _constant_node_value(node: gs.Node) -> np.ndarray | None:
+    attrs = node.attrs
+    if "value" in attrs:
+        value = attrs["value"]
+        return value.values if isinstance(value, gs.Constant) else np.asarray(value)
+    # list attributes are float32 / int64 by the spec (never float64)
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    return None
+
+
+def _static_shape(node: gs.Node) -> np.ndarray | None:
+    source = node.inputs[0]
+    shape = source.shape if not isinstance(source, gs.Constant) else source.values.shape
+    if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        return None
+    shape = np.asarray(shape, dtype=np.int64)
+    rank = len(shape)
+    start = int(node.attrs.get("start", 0))
+    end = node.attrs.get("end")
+    start = max(0, start + rank if start < 0 else start)
+    end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
+    return shape[start:min(end, rank)]
+
+
+def _evaluate(node: gs.Node, inputs: list[np.ndarray | None]) -> np.ndarray | None:
+    """Evaluate one node on constant inputs with onnx's reference implementation (one output only)."""
+    if len(node.outputs) != 1 or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return None
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        names = [f"i{k}" if t.name else "" for k, t in enumerate(node.inputs)]
+        proto = onnx.helper.make_node(node.op, names, ["o"], domain=node.domain or "",
+                                      **{k: _attr_for_proto(v) for k, v in node.attrs.items()})
+        feeds = {n: v for n, v in zip(names, inputs) if n}
+        (out,) = ReferenceEvaluator(proto).run(None, feeds)
+        return np.asarray(out)
+    except Exception:  # an op the reference can't run: simply not a constant we can fold
+        return None
+
+
+def _attr_for_proto(value):
+    if isinstance(value, gs.Constant):
+        return onnx.numpy_helper.from_array(np.asarray(value.values))
+    return value
+
+
+def all_const(tensors: Iterable[gs.Tensor]) -> bool:
+    return all(const_value(t) is not None for t in tensors)
+
+
+def np_dtype(tensor: gs.Tensor):
+    """numpy dtype of a tensor (gs stores either numpy dtypes or onnx enums)."""
+    dtype = tensor.values.dtype if isinstance(tensor, gs.Constant) else tensor.dtype
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, np.dtype):
+        return onnx.helper.tensor_dtype_to_np_dtype(int(dtype))
+    return np.dtype(dtype)
+
+
+def make_const(namer: Namer, base: str, value: np.ndarray) -> gs.Constant:
+    return gs.Constant(namer(base), np.ascontiguousarray(value))
+
+
+def model_opset(graph: gs.Graph) -> int:
+    return int(graph.opset or onnx.defs.onnx_opset_version())

@@ -1,0 +1,225 @@
+"""Loading and saving models: external data, atomic writes, one clear error line for bad files.
+
+Writes are atomic: model (and external data) go to temporary files in the target folder, then are
+renamed into place, data first, so a reader never sees a half-written file; on any failure or
+interrupt the temporary files are removed and whatever was at the target path is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+# Protobuf can't serialise a message over 2 GB; over this many bytes of tensors we save external data.
+# A module variable so that tests can lower it instead of building a 2 GB model.
+EXTERNAL_DATA_THRESHOLD = int(os.environ.get("ONNXREP_EXTERNAL_DATA_THRESHOLD", 2**31 - 2**26))
+# Tensors smaller than this stay inside the .onnx even when the rest goes to external data.
+_EXTERNAL_MIN_BYTES = 1024
+
+
+class OnnxrepError(Exception):
+    """A user-facing error: the message is the single line the CLI prints (exit code 2)."""
+
+    exit_code = 2
+
+
+@dataclass
+class LoadInfo:
+    path: Path
+    external_data: bool   # the model kept (some) tensors in a separate file
+    file_bytes: int       # .onnx plus its external data files
+
+
+def load(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, LoadInfo]:
+    """Load `path` with its external data. Raises OnnxrepError with one line on any bad input."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxrepError(f"{path}: no such file")
+    if path.is_dir():
+        raise OnnxrepError(f"{path}: is a directory, not an ONNX file")
+    size = path.stat().st_size
+    if size == 0:
+        raise OnnxrepError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, OSError) as exc:
+        raise OnnxrepError(f"{path}: not an ONNX model (protobuf parse failed: {_first_line(exc)})") from exc
+    except Exception as exc:  # the protobuf runtime raises its own types on damaged input
+        raise OnnxrepError(f"{path}: not an ONNX model ({type(exc).__name__}: {_first_line(exc)})") from exc
+    if not model.HasField("graph") or not model.opset_import or model.ir_version <= 0:
+        raise OnnxrepError(f"{path}: a protobuf file, but not an ONNX model (no graph, opset or IR version)")
+    if model.ir_version > onnx.IR_VERSION:
+        raise OnnxrepError(f"{path}: unsupported IR version {model.ir_version} "
+                           f"(this onnx {onnx.__version__} supports up to {onnx.IR_VERSION})")
+    data_files = _check_external_data(model, path)
+    if data_files:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise OnnxrepError(f"{path}: cannot read external data ({_first_line(exc)})") from exc
+    if check:
+        check_model(model, path)
+    total = size + sum(f.stat().st_size for f in data_files)
+    return model, LoadInfo(path=path, external_data=bool(data_files), file_bytes=total)
+
+
+def check_model(model: onnx.ModelProto, label: str | os.PathLike = "model") -> None:
+    try:
+        if tensor_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise OnnxrepError(f"{label}: onnx.checker rejects the model: {_checker_summary(exc)}") from exc
+
+
+def _checker_summary(exc: Exception) -> str:
+    """The checker's message in one line, naming the node it complains about."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    node = next((ln for ln in lines if ln.startswith("==> Context:")), "")
+    head = lines[0] if lines else type(exc).__name__
+    return f"{head} {node.replace('==> Context:', '(in').strip() + ')' if node else ''}".strip()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _external_entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _all_tensors(model: onnx.ModelProto):
+    return onnx.external_data_helper._get_all_tensors(model)
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Every external-data file exists and is long enough; returns the distinct files."""
+    files: dict[Path, int] = {}
+    base = path.parent.resolve()
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = _external_entries(tensor)
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if not location or os.path.isabs(location) or base not in target.parents:
+            raise OnnxrepError(f"{path}: tensor {tensor.name!r} points outside the model's folder ({location!r})")
+        if not target.is_file():
+            raise OnnxrepError(f"{path}: external data file {location!r} is missing (expected beside the model)")
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        files[target] = max(files.get(target, 0), end)
+    for target, end in files.items():
+        if target.stat().st_size < end:
+            raise OnnxrepError(f"{path}: external data file {target.name!r} is truncated "
+                               f"({target.stat().st_size} bytes, tensors need {end})")
+    return list(files)
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for tensor in _all_tensors(model):
+        total += len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+    return total
+
+
+def default_output(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
+    return path.with_name(f"{stem}.opt.onnx")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> int:
+    """Write `model` atomically to `path`; returns the bytes written (model plus external data).
+
+    external_data None: only when the tensors would not fit in one protobuf (over 2 GB).
+    The external data file is ``<name>.data`` beside the model, as PyTorch's exporter writes it.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OnnxrepError(f"{path}: output folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OnnxrepError(f"{path}: output folder {str(folder)!r} is not writable")
+    if external_data is None:
+        external_data = tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+    data_name = path.name + ".data"
+    temps: list[Path] = []
+    try:
+        tmp_data = None
+        moved: list[tuple[onnx.TensorProto, bytes]] = []
+        if external_data:
+            tmp_data = _tempfile(folder, data_name, temps)
+            moved = _move_to_external(model, tmp_data, data_name)
+        try:
+            tmp_model = _tempfile(folder, path.name, temps)
+            with open(tmp_model, "wb") as fh:
+                fh.write(model.SerializeToString())
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            _restore_inline(moved)
+        if tmp_data is not None:
+            os.replace(tmp_data, folder / data_name)
+        os.replace(tmp_model, path)
+        temps.clear()
+    except OSError as exc:
+        raise OnnxrepError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+    written = path.stat().st_size
+    if external_data:
+        written += (folder / data_name).stat().st_size
+    return written
+
+
+def _tempfile(folder: Path, name: str, temps: list[Path]) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    temps.append(Path(tmp))
+    return Path(tmp)
+
+
+def _move_to_external(model: onnx.ModelProto, data_path: Path, location: str) -> list:
+    """Write large tensors' bytes to `data_path` and point the tensors at `location` (undone by _restore_inline)."""
+    moved = []
+    offset = 0
+    with open(data_path, "wb") as fh:
+        for tensor in _all_tensors(model):
+            if not tensor.HasField("raw_data") or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
+                continue
+            raw = tensor.raw_data
+            pad = (-offset) % 4096  # page-aligned, so runtimes can mmap
+            fh.write(b"\0" * pad)
+            offset += pad
+            fh.write(raw)
+            moved.append((tensor, raw))
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return moved
+
+
+def _restore_inline(moved: list) -> None:
+    for tensor, raw in moved:
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = raw

@@ -1,0 +1,196 @@
+"""Before/after figures of a model, and the report as a text table or JSON.
+
+"parameters" counts what PyTorch would call parameters: weights and biases of Conv, ConvTranspose, Gemm
+and MatMul, plus the learnable scale and bias of BatchNormalization (not its running statistics). For
+a folded YOLOv9 model this equals the Conv weight+bias count of yolov9-graphs.md section 3.
+MACs are multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul at the model's static shapes (a
+symbolic dimension counts as 1).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+_LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class Stats:
+    nodes: int = 0
+    conv: int = 0
+    batchnorm: int = 0
+    parameters: int = 0
+    macs: int = 0
+    file_bytes: int | None = None
+    ops: dict = field(default_factory=dict)
+
+
+def _graphs(graph: onnx.GraphProto):
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graphs(g)
+
+
+def _const_shapes(graph: onnx.GraphProto) -> dict[str, tuple]:
+    """Shapes of constants (initializers, Constant nodes) and of Identity aliases of them."""
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value":
+                    shapes[node.output[0]] = tuple(a.t.dims)
+        elif node.op_type == "Identity" and node.input and node.input[0] in shapes:
+            shapes[node.output[0]] = shapes[node.input[0]]
+    return shapes
+
+
+def count_parameters(graph: onnx.GraphProto) -> int:
+    total = 0
+    for g in _graphs(graph):
+        shapes = _const_shapes(g)
+        for node in g.node:
+            if node.op_type in _LINEAR_OPS:
+                names = node.input[1:3]
+            elif node.op_type == "BatchNormalization":
+                names = node.input[1:3]
+            else:
+                continue
+            total += sum(int(np.prod(shapes[n])) for n in names if n in shapes)
+    return total
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int] | None:
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """MACs of the top-level graph's linear ops, using shape inference on a weight-less view."""
+    stripped = []
+    for t in model.graph.initializer:  # shape inference needs dims, not bytes: don't copy the weights
+        if t.HasField("raw_data"):
+            stripped.append((t, t.raw_data))
+            t.ClearField("raw_data")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    except Exception:
+        return 0
+    finally:
+        for t, raw in stripped:
+            t.raw_data = raw
+    g = inferred.graph
+    shapes = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    shapes.update({k: list(v) for k, v in _const_shapes(model.graph).items()})
+    total = 0
+    for node in g.node:
+        if node.op_type not in _LINEAR_OPS:
+            continue
+        ins = [shapes.get(n) for n in node.input[:2]]
+        out = shapes.get(node.output[0])
+        if any(s is None for s in ins) or out is None:
+            continue
+        x, w = ins
+        if node.op_type == "Conv" and len(w) >= 2:
+            total += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose" and len(w) >= 2:
+            total += int(np.prod(x)) * int(np.prod(w[1:]))  # each input pixel meets M/g kernels
+        elif node.op_type == "Gemm" and len(x) == 2:
+            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+            total += int(np.prod(out)) * (x[0] if trans_a else x[1])
+        elif node.op_type == "MatMul" and x:
+            total += int(np.prod(out)) * x[-1]
+    return total
+
+
+def model_stats(model: onnx.ModelProto, file_bytes: int | None = None, macs: bool = True) -> Stats:
+    ops: Counter = Counter()
+    for g in _graphs(model.graph):
+        ops.update(n.op_type for n in g.node)
+    return Stats(
+        nodes=sum(ops.values()),
+        conv=ops.get("Conv", 0) + ops.get("ConvTranspose", 0),
+        batchnorm=ops.get("BatchNormalization", 0),
+        parameters=count_parameters(model.graph),
+        macs=count_macs(model) if macs else 0,
+        file_bytes=file_bytes,
+        ops=dict(sorted(ops.items())),
+    )
+
+
+@dataclass
+class Report:
+    input: str
+    output: str | None
+    before: Stats
+    after: Stats
+    passes: dict = field(default_factory=dict)         # name -> {"count": n, "declined": [...]}
+    outputs: dict = field(default_factory=dict)        # kept / dropped / renamed
+    verification: dict | None = None
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self, verbose: bool = False) -> str:
+        lines = [f"onnxrep: {self.input} -> {self.output or '(not written)'}", ""]
+        lines.append(f"{'':<20}{'before':>16}{'after':>16}{'change':>10}")
+        rows = [("nodes", "nodes"), ("Conv nodes", "conv"), ("BatchNormalization", "batchnorm"),
+                ("parameters", "parameters"), ("MACs", "macs"), ("file size", "file_bytes")]
+        for label, key in rows:
+            a, b = getattr(self.before, key), getattr(self.after, key)
+            if a is None and b is None:
+                continue
+            fmt = _size if key == "file_bytes" else _num
+            lines.append(f"{label:<20}{fmt(a):>16}{fmt(b):>16}{_change(a, b):>10}")
+        lines.append("")
+        for name, info in self.passes.items():
+            declined = info.get("declined", [])
+            text = f"pass {name}: {info.get('count', 0)} rewritten"
+            if declined:
+                text += f", {len(declined)} declined"
+                summary = Counter(d.split(": ", 1)[-1] for d in declined)
+                text += " (" + "; ".join(f"{n}× {r}" for r, n in summary.most_common(3)) + ")"
+            lines.append(text)
+            if verbose:
+                lines.extend(f"    declined {d}" for d in declined)
+        for key in ("dropped", "kept", "renamed", "note"):
+            if self.outputs.get(key):
+                lines.append(f"outputs {key}: {self.outputs[key]}")
+        if self.verification is not None:
+            from onnxrep.verify import OutputCheck, Verification
+
+            v = dict(self.verification)
+            v["outputs"] = [OutputCheck(**o) for o in v.get("outputs", [])]
+            lines.extend(Verification(**v).lines())
+        return "\n".join(lines)
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def _size(v) -> str:
+    if v is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if v < 1000 or unit == "GB":
+            return f"{v:.1f} {unit}" if unit != "B" else f"{v} B"
+        v /= 1000
+    return str(v)
+
+
+def _change(a, b) -> str:
+    if not a or b is None:
+        return ""
+    return f"{(b - a) / a * 100:+.1f}%"

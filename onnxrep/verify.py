@@ -1,0 +1,245 @@
+"""Equivalence of two models in onnxruntime, output by output.
+
+Both models run with ORT graph optimizations *disabled*: ORT's own fusions on both sides would hide a
+wrong rewrite (they'd make the same change to the original). Inputs are seeded random values that
+respect each input's shape; symbolic dimensions are resolved from --input-shape, else sensible defaults.
+A pair passes when every element satisfies |a - b| <= atol + rtol * |b| (b = original) and both agree
+on NaN/Inf positions.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxrep.io import EXTERNAL_DATA_THRESHOLD, OnnxrepError, save, tensor_bytes
+
+DEFAULT_TOL = {"float32": (1e-4, 1e-4), "float64": (1e-7, 1e-7), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    shape: list
+    max_abs: float
+    max_rel: float
+    rtol: float
+    atol: float
+    ok: bool
+    where: list | None = None   # index of the worst element when it failed
+    message: str = ""
+
+
+@dataclass
+class Verification:
+    ran: bool
+    ok: bool
+    samples: int = 0
+    outputs: list[OutputCheck] = field(default_factory=list)
+    skipped_reason: str = ""
+    renamed: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        if not self.ran:
+            return [f"verification skipped: {self.skipped_reason}"]
+        if not self.ok and not self.outputs:
+            return [f"verification FAILED: {self.skipped_reason}"]
+        out = []
+        for o in self.outputs:
+            status = "ok" if o.ok else "FAIL"
+            text = (f"verify {o.name}: {status}  max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g} "
+                    f"(rtol {o.rtol:g}, atol {o.atol:g}, {self.samples} sample{'s' * (self.samples != 1)})")
+            if not o.ok and o.message:
+                text += f"  {o.message}"
+            out.append(text)
+        return out
+
+
+def parse_shapes(specs: list[str] | tuple[str, ...]) -> dict[str, list[int]]:
+    """--input-shape name=1x3x640x640 (or name=1,3,640,640) into {name: [1, 3, 640, 640]}."""
+    shapes = {}
+    for spec in specs or ():
+        name, sep, dims = spec.rpartition("=")
+        try:
+            values = [int(d) for d in dims.replace(",", "x").split("x") if d]
+        except ValueError:
+            values = []
+        if not sep or not name or not values or any(v <= 0 for v in values):
+            raise OnnxrepError(f"--input-shape {spec!r}: expected NAME=DIMxDIM..., e.g. images=1x3x640x640")
+        shapes[name] = values
+    return shapes
+
+
+def _resolve_shape(vi: onnx.ValueInfoProto, overrides: dict, hint: int | None) -> list[int]:
+    if vi.name in overrides:
+        return list(overrides[vi.name])
+    dims = vi.type.tensor_type.shape.dim
+    shape = []
+    for axis, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            shape.append(d.dim_value)
+        elif axis == 0:
+            shape.append(1)  # batch
+        elif len(dims) == 4 and axis >= 2:
+            shape.append(hint or 640)  # an image's spatial size
+        else:
+            shape.append(1)
+    return shape
+
+
+def _image_hint(model: onnx.ModelProto) -> int | None:
+    for p in model.metadata_props:
+        if p.key in ("imgsz", "image_size") and p.value.strip("[]() ").split(",")[0].strip().isdigit():
+            return int(p.value.strip("[]() ").split(",")[0])
+    return None
+
+
+def make_inputs(model: onnx.ModelProto, samples: int = 1, seed: int = 0, shapes: dict | None = None) -> list[dict]:
+    """`samples` feeds for the model's real inputs (initializer-backed inputs are left to their defaults)."""
+    init_names = {t.name for t in model.graph.initializer}
+    shapes = shapes or {}
+    rng = np.random.default_rng(seed)
+    hint = _image_hint(model)
+    unknown = set(shapes) - {i.name for i in model.graph.input}
+    if unknown:
+        raise OnnxrepError(f"--input-shape names unknown input(s) {sorted(unknown)}; "
+                           f"inputs are {[i.name for i in model.graph.input if i.name not in init_names]}")
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for vi in model.graph.input:
+            if vi.name in init_names:
+                continue
+            elem = vi.type.tensor_type.elem_type
+            if not vi.type.HasField("tensor_type"):
+                raise OnnxrepError(f"input {vi.name!r} is not a tensor: cannot generate random data for it")
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            shape = _resolve_shape(vi, shapes, hint)
+            if np.issubdtype(dtype, np.floating) or elem == onnx.TensorProto.BFLOAT16:
+                value = rng.random(shape, dtype=np.float32).astype(dtype)
+            elif dtype == np.bool_:
+                value = rng.random(shape) < 0.5
+            else:
+                value = rng.integers(0, 4, size=shape).astype(dtype)
+            feed[vi.name] = value
+        feeds.append(feed)
+    return feeds
+
+
+def load_input_data(path: str | os.PathLike) -> list[dict]:
+    try:
+        with np.load(path) as data:
+            return [{k: data[k] for k in data.files}]
+    except Exception as exc:
+        raise OnnxrepError(f"--input-data {path}: cannot read as .npz ({exc})") from exc
+
+
+def _session(model: onnx.ModelProto | str | os.PathLike, workdir: str):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    if isinstance(model, onnx.ModelProto):
+        if tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD:
+            path = Path(workdir) / f"m{len(os.listdir(workdir))}.onnx"
+            save(model, path, external_data=True)
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+
+def _dtype_name(array: np.ndarray) -> str:
+    return "bfloat16" if str(array.dtype) == "bfloat16" else array.dtype.name
+
+
+def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float | None, atol: float | None) -> OutputCheck:
+    drt, dat = DEFAULT_TOL.get(_dtype_name(ref), (0.0, 0.0))
+    rtol = drt if rtol is None else rtol
+    atol = dat if atol is None else atol
+    if ref.shape != got.shape:
+        return OutputCheck(name, list(ref.shape), float("inf"), float("inf"), rtol, atol, False,
+                           message=f"shape {list(got.shape)} != original {list(ref.shape)}")
+    if not np.issubdtype(ref.dtype, np.number) or ref.dtype == np.bool_:
+        equal = np.array_equal(ref, got)
+        return OutputCheck(name, list(ref.shape), 0.0 if equal else float("inf"), 0.0 if equal else float("inf"),
+                           rtol, atol, equal, message="" if equal else "values differ")
+    a = ref.astype(np.float64)
+    b = got.astype(np.float64)
+    finite = np.isfinite(a) & np.isfinite(b)
+    special_ok = np.array_equal(np.isnan(a), np.isnan(b)) and np.array_equal(a[np.isinf(a)], b[np.isinf(a)]) \
+        and np.array_equal(np.isinf(a), np.isinf(b))
+    diff = np.where(finite, np.abs(a - b), 0.0)
+    rel = diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny)
+    bad = diff > atol + rtol * np.abs(np.where(finite, a, 0.0))
+    ok = special_ok and not bad.any()
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float(rel.max()) if rel.size else 0.0
+    where, message = None, ""
+    if not ok:
+        if not special_ok:
+            message = "NaN/Inf positions differ"
+        else:
+            idx = np.unravel_index(int(np.argmax(np.where(bad, diff, -1.0))), diff.shape)
+            where = [int(i) for i in idx]
+            message = f"worst at {where}: original {a[idx]:.6g}, optimized {b[idx]:.6g}"
+    return OutputCheck(name, list(ref.shape), max_abs, max_rel, rtol, atol, ok, where, message)
+
+
+def verify(original, optimized, *, samples: int = 1, seed: int = 0, shapes: dict | None = None,
+           feeds: list[dict] | None = None, rtol: float | None = None, atol: float | None = None,
+           renamed: dict | None = None) -> Verification:
+    """Run both models on the same inputs and compare every output present in both.
+
+    original/optimized: ModelProto or path. `renamed` maps original output names to new names when the
+    optimizer renamed outputs (e.g. --rename-outputs).
+    """
+    renamed = dict(renamed or {})
+    with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as work:
+        try:
+            ref_sess = _session(original, work)
+        except Exception as exc:  # e.g. custom-domain ops: nothing to compare against
+            return Verification(ran=False, ok=True, skipped_reason=f"onnxruntime cannot run the original ({_short(exc)})")
+        try:
+            new_sess = _session(optimized, work)
+        except Exception as exc:  # the original runs but ours does not: that is a failure, not a skip
+            return Verification(ran=True, ok=False, skipped_reason=f"onnxruntime cannot load the optimized model ({_short(exc)})")
+        ref_outputs = [o.name for o in ref_sess.get_outputs()]
+        new_outputs = {o.name for o in new_sess.get_outputs()}
+        pairs = [(n, renamed.get(n, n)) for n in ref_outputs if renamed.get(n, n) in new_outputs]
+        if not pairs:
+            return Verification(ran=False, ok=True, skipped_reason="no output is present in both models")
+        if feeds is None:
+            ref_model = original if isinstance(original, onnx.ModelProto) else onnx.load(str(original), load_external_data=False)
+            feeds = make_inputs(ref_model, samples, seed, shapes)
+        checks: dict[str, OutputCheck] = {}
+        for feed in feeds:
+            try:
+                ref = ref_sess.run([a for a, _ in pairs], feed)
+            except Exception as exc:
+                return Verification(ran=False, ok=True, skipped_reason=f"onnxruntime failed to run the original ({_short(exc)})")
+            try:
+                got = new_sess.run([b for _, b in pairs], feed)
+            except Exception as exc:
+                return Verification(ran=True, ok=False, skipped_reason=f"onnxruntime failed to run the optimized model ({_short(exc)})")
+            for (a, b), r, g in zip(pairs, ref, got):
+                c = compare(b if a == b else f"{a} -> {b}", np.asarray(r), np.asarray(g), rtol, atol)
+                prev = checks.get(a)
+                if prev is None or (prev.ok and not c.ok) or (prev.ok == c.ok and c.max_abs > prev.max_abs):
+                    checks[a] = c
+    outs = [checks[a] for a, _ in pairs]
+    return Verification(ran=True, ok=all(c.ok for c in outs), samples=len(feeds), outputs=outs,
+                        renamed={a: b for a, b in pairs if a != b})
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
