@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxrep import io as _io
+from onnxrep.graph import import_model
 from onnxrep.io import OnnxrepError
 from onnxrep.passes import DEFAULT_PIPELINE, Context, run_pipeline, select
 from onnxrep.report import Report, model_stats
@@ -35,10 +36,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.verification is None or self.verification.ok
-
-
-def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
 
 
 def from_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
@@ -85,7 +82,7 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
                   rename_outputs=rename_outputs)
 
     t0 = time.perf_counter()
-    graph = to_graph(original)
+    graph = import_model(original)
     results = run_pipeline(graph, ctx, pipeline, on_pass=lambda name: step(f"pass {name}"))
     optimized = from_graph(graph, original)
     seconds["optimize"] = time.perf_counter() - t0

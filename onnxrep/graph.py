@@ -46,6 +46,23 @@ class Namer:
 # -------------------------------------------------------------------------------------- graph walks
 
 
+def import_model(model: onnx.ModelProto) -> gs.Graph:
+    """gs.import_onnx, marking initializers that are also graph inputs: the user may feed those, so
+    they are defaults, not constants (const_value returns None for them)."""
+    init_names = {t.name for t in model.graph.initializer}
+    overridable = [vi.name for vi in model.graph.input if vi.name in init_names]
+    graph = gs.import_onnx(model)
+    if overridable:  # gs drops such inputs from graph.inputs: put them back, or the interface changes
+        tensors = graph.tensors()
+        position = {vi.name: k for k, vi in enumerate(model.graph.input)}
+        for name in overridable:
+            tensors[name].overridable = True
+            graph.inputs.append(tensors[name])
+        graph.inputs.sort(key=lambda t: position.get(t.name, len(position)))
+    return graph
+
+
+
 def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
     """The graph itself, then every If/Loop/Scan body nested in it (depth first)."""
     yield graph
@@ -129,7 +146,7 @@ def const_value(tensor: gs.Tensor | None, _depth: int = 0) -> np.ndarray | None:
     if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
-        return tensor.values
+        return None if getattr(tensor, "overridable", False) else tensor.values
     node = producer(tensor)
     if node is None or _depth > _MAX_FOLD_DEPTH or not is_std(node):
         return None
