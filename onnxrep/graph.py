@@ -16,9 +16,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+# gs warns on stdout about things we handle (e.g. bfloat16 casts); our report says what matters.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
+
 # A chain longer than this is not a "parameter computation" but real work: don't evaluate it here.
 _MAX_FOLD_DEPTH = 8
 _MAX_FOLD_ELEMENTS = 1 << 26
+# Quantization boundaries are the point of a QDQ model, and random ops differ run to run: never "constant".
+_NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
+               "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 # --------------------------------------------------------------------------------------------- names
@@ -162,11 +168,14 @@ def const_value(tensor: gs.Tensor | None, _depth: int = 0) -> np.ndarray | None:
         return value.astype(onnx.helper.tensor_dtype_to_np_dtype(target) if isinstance(target, int) else target)
     if node.op == "Shape":  # static when the input's shape is fully known
         return _static_shape(node)
-    inputs = [const_value(t, _depth + 1) if t.name else None for t in node.inputs]
-    if any(v is None and t.name for v, t in zip(inputs, node.inputs)):
+    if node.op in _NEVER_FOLD:
         return None
-    if any(v is not None and v.size > _MAX_FOLD_ELEMENTS for v in inputs):
-        return None
+    inputs = []
+    for t in node.inputs:
+        value = const_value(t, _depth + 1) if t.name else None
+        if t.name and (value is None or value.size > _MAX_FOLD_ELEMENTS):
+            return None  # stop at the first non-constant input: no need to look at the others
+        inputs.append(value)
     return _evaluate(node, inputs)
 
 
