@@ -74,11 +74,14 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int] | None:
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
 
 
-def count_macs(model: onnx.ModelProto) -> int:
-    """MACs of the top-level graph's linear ops, using shape inference on a weight-less view."""
+def count_macs(model: onnx.ModelProto, only: set[str] | None = None) -> int:
+    """MACs of the top-level graph's linear ops, using shape inference on a weight-less view.
+
+    only: count just the nodes whose first output is named in it (e.g. the part a pass removes)."""
     stripped = []
     for t in model.graph.initializer:  # shape inference needs dims, not bytes: don't copy the weights
-        if t.HasField("raw_data"):
+        # (small tensors stay: Split sizes, Reshape shapes, Resize scales are values inference reads)
+        if t.HasField("raw_data") and len(t.raw_data) >= 4096:
             stripped.append((t, t.raw_data))
             t.ClearField("raw_data")
     try:
@@ -94,7 +97,7 @@ def count_macs(model: onnx.ModelProto) -> int:
     shapes.update({k: list(v) for k, v in _const_shapes(model.graph).items()})
     total = 0
     for node in g.node:
-        if node.op_type not in _LINEAR_OPS:
+        if node.op_type not in _LINEAR_OPS or (only is not None and node.output[0] not in only):
             continue
         ins = [shapes.get(n) for n in node.input[:2]]
         out = shapes.get(node.output[0])
@@ -167,6 +170,10 @@ class Report:
         for key in ("dropped", "kept", "renamed", "note"):
             if self.outputs.get(key):
                 lines.append(f"outputs {key}: {self.outputs[key]}")
+        if self.outputs.get("removed"):  # what the dropped outputs alone needed
+            r = self.outputs["removed"]
+            lines.append(f"removed by pruning: {_num(r.get('parameters'))} parameters, {_num(r.get('macs'))} MACs, "
+                         f"{_num(r.get('nodes'))} nodes ({_num(r.get('conv'))} Conv)")
         if self.verification is not None:
             from onnxrep.verify import OutputCheck, Verification
 

@@ -1,0 +1,42 @@
+"""Report figures against independent arithmetic (and the YOLOv9 paper's published FLOPs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import onnxrep
+from onnxrep.report import count_macs, model_stats
+from tests.graphs import conv_bn
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_parameters_and_macs_of_one_conv(transpose):
+    model = conv_bn(cin=4, cout=8, k=3, group=2, size=8, bias=True, transpose=transpose, stride=1)
+    stats = model_stats(model)
+    weight = 8 * (4 // 2) * 9 if not transpose else 4 * (8 // 2) * 9
+    assert stats.parameters == weight + 8 + 2 * 8  # W + bias + BN gamma and beta (not running stats)
+    assert stats.conv == 1 and stats.batchnorm == 1 and stats.nodes == 2
+    if transpose:
+        assert stats.macs == (1 * 4 * 8 * 8) * (8 // 2) * 9  # every input pixel meets M/g kernels
+    else:
+        assert stats.macs == (1 * 8 * 8 * 8) * (4 // 2) * 9
+
+
+def test_gelan_c_macs_match_the_published_flops():
+    models = pytest.importorskip("models")
+    macs = count_macs(models.build("gelan-c", form="fused", imgsz=640))
+    # YOLOv9 README: gelan-c / yolov9-c (converted) 102.1 GFLOPs at 640 = 51.05 GMACs
+    assert abs(2 * macs / 1e9 - 102.1) < 0.5
+
+
+def test_report_text_and_json():
+    result = onnxrep.optimize(conv_bn(), verify=True)
+    text = result.report.text()
+    for label in ("nodes", "Conv nodes", "BatchNormalization", "parameters", "MACs", "pass fold_batchnorm", "verify y: ok"):
+        assert label in text
+    data = json.loads(json.dumps(result.report.to_dict()))
+    assert data["before"]["batchnorm"] == 1 and data["after"]["batchnorm"] == 0
+    assert np.isfinite(data["verification"]["outputs"][0]["max_abs"])
