@@ -87,7 +87,7 @@ def test_ctrl_c_during_passes_writes_nothing(tmp_path, model_path, monkeypatch):
     def interrupt(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fold_batchnorm.FoldBatchNorm, "rewrite", staticmethod(interrupt))
+    monkeypatch.setattr(fold_batchnorm.ConvThenBatchNorm, "rewrite", staticmethod(interrupt))
     result = run("optimize", model_path, "-o", tmp_path / "o.onnx")
     assert result.exit_code == 130 and "interrupted" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

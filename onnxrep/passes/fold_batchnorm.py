@@ -1,20 +1,27 @@
-"""fold_batchnorm: ``Conv|ConvTranspose -> BatchNormalization``  =>  ``Conv|ConvTranspose``.
+"""fold_batchnorm: fold every inference-mode BatchNormalization into a neighbouring linear op.
 
-Algebra (inference-mode BN, per output channel o):
-    s[o]  = gamma[o] / sqrt(var[o] + eps)
-    W'    = W * s           (on the output-channel axis: axis 0 for Conv; for ConvTranspose the
-                             weight is [C_in, M/g, k...] and output channel o = g*(M/g) + j, so the
-                             scale is applied per group on axis 1)
-    b'    = (b - mean) * s + beta          (b = 0 when the Conv has no bias)
-Computed in float64 and cast back to the weight's dtype (float16/bfloat16 models too).
+Rules, tried in this order for each BatchNormalization (one module each, same match/check/rewrite shape):
+  * ``Conv|ConvTranspose -> BN``  =>  ``Conv|ConvTranspose``            (this module)
+  * ``Gemm|MatMul[+Add] -> BN``   =>  ``Gemm|MatMul+Add``                (fold_batchnorm_linear)
+  * ``BN -> Gemm|MatMul``         =>  ``Gemm|MatMul+Add``                (fold_batchnorm_linear)
+  * ``BN -> Conv`` (no padding)   =>  ``Conv``                           (fold_batchnorm_into_conv)
+A BatchNormalization that no rule takes stays, and the notes say why.
+
+BN(x) = s*x + t per channel, with s = gamma / sqrt(var + eps), t = beta - mean*s (each node's own eps),
+computed in float64 and cast back to the weight's dtype (float16/bfloat16 models too).
+
+Conv -> BN, per output channel o:
+    W' = W * s   (output-channel axis: axis 0 for Conv; for ConvTranspose the weight is [C_in, M/g, k...]
+                  and output channel o = g*(M/g) + j, so the scale goes on axis 1, group by group)
+    b' = (b - mean) * s + beta = b*s + t      (b = 0 when the Conv has no bias)
 
 Preconditions (each failure is a reason in the notes):
   * BN is in inference mode (``training_mode`` 0, no running-stat output used, not ``spatial=0``);
-  * the Conv output feeds only this BN and is not a graph output;
-  * Conv weight/bias and the four BN parameters are constants (initializer, Constant node, Identity
+  * the intermediate tensor feeds only the folded pair and is not a graph output;
+  * weights, biases and the four BN parameters are constants (initializer, Constant node, Identity
     alias or a constant-foldable chain), never graph inputs;
-  * BN parameters have one value per output channel.
-A shared Conv weight is never modified: the folded weight is always a new tensor with a fresh name.
+  * BN parameters have one value per channel.
+A shared weight is never modified: the folded weight is always a new tensor with a fresh name.
 """
 
 from __future__ import annotations
@@ -69,70 +76,124 @@ def out_channels(weight_shape: tuple, op: str, group: int) -> int:
     return weight_shape[0] if op == "Conv" else weight_shape[1] * group
 
 
+def private_link(graph: gs.Graph, tensor: gs.Tensor, what: str) -> str | None:
+    """Reason why `tensor` (between the two folded nodes) can't disappear, or None."""
+    if is_graph_output(graph, tensor):
+        return f"{what} output is a graph output"
+    if len(tensor.outputs) != 1:
+        return f"{what} output has {len(tensor.outputs)} consumers"
+    return None
+
+
+def weight_and_bias(node: gs.Node, bias_index: int = 2):
+    """(weight, bias or None) of a node's constant parameters, or the reason they aren't constant."""
+    weight = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None:
+        return f"{node.op} weight is not constant"
+    bias = None
+    if len(node.inputs) > bias_index and node.inputs[bias_index].name:
+        bias = const_value(node.inputs[bias_index])
+        if bias is None:
+            return f"{node.op} bias is not constant"
+    return weight, bias
+
+
+def dtype_of(tensor: gs.Tensor, fallback: np.ndarray):
+    return np_dtype(tensor) or fallback.dtype
+
+
+def take_bn_output(node: gs.Node, bn: gs.Node) -> None:
+    """Re-wire: `node` now produces the BN's output tensor (its name, so graph outputs stay intact)."""
+    out = bn.outputs[0]
+    bn.inputs.clear()
+    bn.outputs.clear()
+    node.outputs = [out]
+
+
+class ConvThenBatchNorm:
+    """Conv|ConvTranspose -> BN  =>  Conv|ConvTranspose with scaled weight and new bias."""
+
+    label = "Conv -> BatchNormalization"
+
+    @staticmethod
+    def match(graph: gs.Graph, bn: gs.Node) -> gs.Node | None:
+        conv = producer(bn.inputs[0]) if bn.inputs else None
+        return conv if conv is not None and is_std(conv, *_CONVS) else None
+
+    @staticmethod
+    def check(graph: gs.Graph, bn: gs.Node, conv: gs.Node):
+        reason = private_link(graph, conv.outputs[0], conv.op)
+        if reason:
+            return reason
+        params = weight_and_bias(conv)
+        if isinstance(params, str):
+            return params
+        affine = bn_scale_shift(bn)
+        if isinstance(affine, str):
+            return affine
+        weight, bias = params
+        channels = out_channels(weight.shape, conv.op, int(conv.attrs.get("group", 1)))
+        if affine[0].size != channels:
+            return f"BatchNormalization has {affine[0].size} channels, {conv.op} has {channels}"
+        return weight, bias, affine[0], affine[1]
+
+    @staticmethod
+    def rewrite(namer: Namer, graph: gs.Graph, bn: gs.Node, conv: gs.Node, checked) -> None:
+        weight, bias, scale, shift = checked
+        dtype = dtype_of(conv.inputs[1], weight)
+        w64 = scale_conv_weight(weight.astype(np.float64), scale, conv.op, int(conv.attrs.get("group", 1)))
+        b64 = shift + (0.0 if bias is None else bias.astype(np.float64).reshape(-1) * scale)
+        base = conv.name or bn.name or "conv"
+        conv.inputs = [conv.inputs[0], make_const(namer, f"{base}.weight_bnfold", w64.astype(dtype)),
+                       make_const(namer, f"{base}.bias_bnfold", b64.astype(dtype))]
+        take_bn_output(conv, bn)
+
+
+def _rules():
+    # Imported here: the rule modules import the shared helpers above.
+    from onnxrep.passes.fold_batchnorm_into_conv import BatchNormThenConv
+    from onnxrep.passes.fold_batchnorm_linear import BatchNormThenLinear, LinearThenBatchNorm
+
+    # Folding into the producer first: it never needs a new node and is exact with any padding.
+    return (ConvThenBatchNorm(), LinearThenBatchNorm(), BatchNormThenLinear(), BatchNormThenConv())
+
+
 class FoldBatchNorm:
     name = "fold_batchnorm"
+
+    def __init__(self):
+        self.rules = _rules()
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult()
         namer = Namer(graph)
         for g in iter_graphs(graph):
             for bn in [n for n in g.nodes if is_std(n, "BatchNormalization")]:
-                match = self.match(g, bn)
-                if match is None:
-                    continue  # not preceded by a Conv: a standalone BN is another pass's business
-                checked = self.check(g, bn, match)
-                if isinstance(checked, str):
-                    result.decline(bn, checked)
+                if not bn.inputs or not bn.outputs:
+                    continue  # already folded in this run
+                reason = bn_training_reason(g, bn)
+                if reason:
+                    result.decline(bn, reason)
                     continue
-                self.rewrite(namer, match, bn, *checked)
-                result.applied()
+                reasons = []
+                for rule in self.rules:
+                    match = rule.match(g, bn)
+                    if match is None:
+                        continue
+                    checked = rule.check(g, bn, match)
+                    if isinstance(checked, str):
+                        reasons.append(f"{rule.label}: {checked}")
+                        continue
+                    rule.rewrite(namer, g, bn, match, checked)
+                    result.applied()
+                    break
+                else:
+                    result.decline(bn, "; ".join(reasons) if reasons else self.nothing_to_fold(g, bn))
         return result
 
     @staticmethod
-    def match(graph: gs.Graph, bn: gs.Node) -> gs.Node | None:
-        conv = producer(bn.inputs[0]) if bn.inputs else None
-        if conv is None or not is_std(conv, *_CONVS):
-            return None
-        return conv
-
-    @staticmethod
-    def check(graph: gs.Graph, bn: gs.Node, conv: gs.Node):
-        reason = bn_training_reason(graph, bn)
-        if reason:
-            return reason
-        y = conv.outputs[0]
-        if is_graph_output(graph, y):
-            return f"{conv.op} output is a graph output"
-        if len(y.outputs) != 1:
-            return f"{conv.op} output has {len(y.outputs)} consumers"
-        weight = const_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
-        if weight is None:
-            return f"{conv.op} weight is not constant"
-        bias = None
-        if len(conv.inputs) > 2 and conv.inputs[2].name:
-            bias = const_value(conv.inputs[2])
-            if bias is None:
-                return f"{conv.op} bias is not constant"
-        affine = bn_scale_shift(bn)
-        if isinstance(affine, str):
-            return affine
-        group = int(conv.attrs.get("group", 1))
-        channels = out_channels(weight.shape, conv.op, group)
-        if affine[0].size != channels:
-            return f"BatchNormalization has {affine[0].size} channels, {conv.op} has {channels}"
-        return weight, bias, affine[0], affine[1]
-
-    @staticmethod
-    def rewrite(namer: Namer, conv: gs.Node, bn: gs.Node, weight, bias, scale, shift) -> None:
-        dtype = np_dtype(conv.inputs[1]) or weight.dtype
-        group = int(conv.attrs.get("group", 1))
-        w64 = scale_conv_weight(weight.astype(np.float64), scale, conv.op, group)
-        b64 = shift + (0.0 if bias is None else bias.astype(np.float64).reshape(-1) * scale)
-        base = conv.name or bn.name or "conv"
-        new_w = make_const(namer, f"{base}.weight_bnfold", w64.astype(dtype))
-        new_b = make_const(namer, f"{base}.bias_bnfold", b64.astype(dtype))
-        conv.inputs = [conv.inputs[0], new_w, new_b]
-        out = bn.outputs[0]
-        bn.inputs.clear()
-        bn.outputs.clear()
-        conv.outputs = [out]  # the BN's output tensor keeps its name: graph outputs stay intact
+    def nothing_to_fold(graph: gs.Graph, bn: gs.Node) -> str:
+        source = producer(bn.inputs[0])
+        readers = sorted({n.op for n in bn.outputs[0].outputs}) or ["graph output"]
+        return (f"nothing to fold into (input from {source.op if source else 'a graph input'}, "
+                f"read by {', '.join(readers)})")

@@ -1,0 +1,194 @@
+"""fold_batchnorm rules for fully connected layers (classifier heads: ``Linear -> BN1d``, ``BN1d -> Linear``).
+
+With BN(x) = s*x + t on axis 1 of a rank-2 tensor, and a linear layer y = alpha * x @ B + beta * C
+(Gemm, B = W or W^T by transB; MatMul+Add is the same with alpha = beta = 1):
+
+  Gemm|MatMul[+Add] -> BN:   B' = B * s (per output column)      C' = s*beta*C + t, beta' = 1
+  BN -> Gemm|MatMul:         B' = s * B (per input row)          C' = alpha * t @ B + beta*C, beta' = 1
+
+Preconditions: rank-2 activations (BN's channel axis is axis 1; in a rank-3 MatMul it is not the feature
+axis), Gemm's transA = 0 when the BN is on A, constant B and C, the intermediate tensor used once. A
+MatMul without an Add gets a new Add node carrying the bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep.graph import Namer, const_value, is_std, make_const, producer
+from onnxrep.passes.fold_batchnorm import bn_scale_shift, dtype_of, private_link, take_bn_output
+
+
+# Ops whose output has the rank of their first input (enough to see through a classifier head).
+_SAME_RANK = {"BatchNormalization", "Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Identity", "Dropout",
+              "Clip", "LeakyRelu", "Elu", "Gelu", "Softmax"}
+_BROADCAST = {"Mul", "Add", "Sub", "Div"}  # rank of the widest input
+
+
+def _rank(tensor: gs.Tensor, depth: int = 0) -> int | None:
+    """Rank of a tensor: from its shape, else from what produced it (Gemm and Flatten give rank 2)."""
+    if isinstance(tensor, gs.Constant):
+        return tensor.values.ndim
+    if tensor.shape is not None:
+        return len(tensor.shape)
+    node = producer(tensor)
+    if node is None or depth > 16 or not is_std(node):
+        return None
+    if node.op in ("Gemm", "Flatten"):
+        return 2
+    if node.op in _SAME_RANK or (node.op == "MatMul" and _rank(node.inputs[1], depth + 1) == 2):
+        return _rank(node.inputs[0], depth + 1)
+    if node.op in _BROADCAST:
+        ranks = [_rank(t, depth + 1) for t in node.inputs]
+        return None if None in ranks else max(ranks)
+    return None
+
+
+def _effective_b(node: gs.Node, b: np.ndarray) -> np.ndarray:
+    """B as [K, M] whatever transB says."""
+    return b.T if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else b
+
+
+def _from_effective_b(node: gs.Node, b_eff: np.ndarray) -> np.ndarray:
+    return b_eff.T if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else b_eff
+
+
+def _linear_params(node: gs.Node):
+    """(B as [K, M] float64, bias C or None, alpha, beta, the Add node for MatMul+Add) or a reason."""
+    b = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if b is None or b.ndim != 2:
+        return f"{node.op} weight is not a constant matrix"
+    alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
+    beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
+    c = None
+    if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name:
+        c = const_value(node.inputs[2])
+        if c is None:
+            return "Gemm bias is not constant"
+    return _effective_b(node, b.astype(np.float64)), c, alpha, beta
+
+
+def _matmul_add(tensor: gs.Tensor):
+    """(MatMul, Add or None, bias or None) when `tensor` is MatMul(x, W) or Add(MatMul(x, W), const)."""
+    node = producer(tensor)
+    if node is not None and is_std(node, "Add"):
+        for k in (0, 1):
+            mm, other = producer(node.inputs[k]), node.inputs[1 - k]
+            bias = const_value(other)
+            if mm is not None and is_std(mm, "MatMul") and bias is not None:
+                return mm, node, bias
+        return None
+    if node is not None and is_std(node, "MatMul"):
+        return node, None, None
+    return None
+
+
+class LinearThenBatchNorm:
+    label = "Gemm/MatMul -> BatchNormalization"
+
+    @staticmethod
+    def match(graph: gs.Graph, bn: gs.Node):
+        node = producer(bn.inputs[0])
+        if node is not None and is_std(node, "Gemm"):
+            return node, None, None
+        return _matmul_add(bn.inputs[0])
+
+    @staticmethod
+    def check(graph: gs.Graph, bn: gs.Node, match):
+        node, add, add_bias = match
+        if _rank(bn.inputs[0]) != 2:
+            return "BatchNormalization input is not rank 2 (its channel axis is not the feature axis)"
+        for t, what in ((node.outputs[0], node.op), (add.outputs[0] if add else None, "Add")):
+            if t is not None:
+                reason = private_link(graph, t, what)
+                if reason:
+                    return reason
+        params = _linear_params(node)
+        if isinstance(params, str):
+            return params
+        b, c, alpha, beta = params
+        if add_bias is not None:
+            c = add_bias
+        affine = bn_scale_shift(bn)
+        if isinstance(affine, str):
+            return affine
+        if affine[0].size != b.shape[1]:
+            return f"BatchNormalization has {affine[0].size} channels, {node.op} has {b.shape[1]} outputs"
+        return b, c, alpha, beta, affine[0], affine[1]
+
+    @staticmethod
+    def rewrite(namer: Namer, graph: gs.Graph, bn: gs.Node, match, checked) -> None:
+        node, add, _ = match
+        b, c, alpha, beta, s, t = checked
+        dtype = dtype_of(node.inputs[1], b)
+        new_b = _from_effective_b(node, b * s[None, :])
+        bias = t if c is None else np.asarray(c, np.float64) * beta * s + t
+        base = node.name or "linear"
+        weight = make_const(namer, f"{base}.weight_bnfold", new_b.astype(dtype))
+        bias_t = make_const(namer, f"{base}.bias_bnfold", bias.astype(dtype))
+        if node.op == "Gemm":
+            node.inputs = [node.inputs[0], weight, bias_t]
+            node.attrs["beta"] = 1.0
+            take_bn_output(node, bn)
+            return
+        node.inputs = [node.inputs[0], weight]
+        if add is None:
+            add = gs.Node("Add", name=namer(f"{base}/bias_bnfold/Add"), inputs=[node.outputs[0], bias_t])
+            graph.nodes.append(add)
+        else:
+            add.inputs = [node.outputs[0], bias_t]
+        take_bn_output(add, bn)
+
+
+class BatchNormThenLinear:
+    label = "BatchNormalization -> Gemm/MatMul"
+
+    @staticmethod
+    def match(graph: gs.Graph, bn: gs.Node):
+        # any linear reader is a match; check() then says why a second reader blocks the fold
+        return next((n for n in bn.outputs[0].outputs
+                     if is_std(n, "Gemm", "MatMul") and n.inputs[0] is bn.outputs[0]), None)
+
+    @staticmethod
+    def check(graph: gs.Graph, bn: gs.Node, node: gs.Node):
+        reason = private_link(graph, bn.outputs[0], "BatchNormalization")
+        if reason:
+            return reason
+        if _rank(bn.inputs[0]) != 2:
+            return "BatchNormalization input is not rank 2 (its channel axis is not the feature axis)"
+        if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+            return "Gemm has transA=1: the BatchNormalization channels are not its K axis"
+        params = _linear_params(node)
+        if isinstance(params, str):
+            return params
+        b, c, alpha, beta = params
+        affine = bn_scale_shift(bn)
+        if isinstance(affine, str):
+            return affine
+        if affine[0].size != b.shape[0]:
+            return f"BatchNormalization has {affine[0].size} channels, {node.op} has {b.shape[0]} inputs"
+        return b, c, alpha, beta, affine[0], affine[1]
+
+    @staticmethod
+    def rewrite(namer: Namer, graph: gs.Graph, bn: gs.Node, node: gs.Node, checked) -> None:
+        b, c, alpha, beta, s, t = checked
+        dtype = dtype_of(node.inputs[1], b)
+        new_b = _from_effective_b(node, s[:, None] * b)
+        bias = alpha * (t @ b) + (0.0 if c is None else beta * np.asarray(c, np.float64))
+        base = node.name or "linear"
+        weight = make_const(namer, f"{base}.weight_bnfold", new_b.astype(dtype))
+        bias_t = make_const(namer, f"{base}.bias_bnfold", np.asarray(bias).astype(dtype))
+        x = bn.inputs[0]
+        bn.inputs.clear()
+        bn.outputs.clear()
+        if node.op == "Gemm":
+            node.inputs = [x, weight, bias_t]
+            node.attrs["beta"] = 1.0
+            return
+        out = node.outputs[0]
+        mid = gs.Variable(namer(f"{base}/matmul_bnfold"), dtype=out.dtype, shape=out.shape)
+        node.inputs = [x, weight]
+        node.outputs = [mid]
+        add = gs.Node("Add", name=namer(f"{base}/bias_bnfold/Add"), inputs=[mid, bias_t], outputs=[out])
+        graph.nodes.append(add)
