@@ -51,9 +51,16 @@ def from_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _as_tuple(value) -> tuple:
+    """Output selections: a name, an index, or a sequence of them."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, (str, int)) else tuple(value)
+
+
 def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 1, seed: int = 0,
              input_shapes: dict | None = None, input_data: list[dict] | None = None,
-             rtol: float | None = None, atol: float | None = None, aux: str = "auto",
+             rtol: float | None = None, atol: float | None = None, scale_rtol: float | None = None, aux: str = "auto",
              keep_outputs=(), drop_outputs=(), rename_outputs: bool = False, on_step=None) -> Result:
     """Optimize a model (ModelProto or path) and, unless verify=False, prove it equal in onnxruntime.
 
@@ -78,7 +85,7 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
     except ValueError as exc:
         raise OnnxrepError(str(exc)) from exc
     opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), 17)
-    ctx = Context(opset=opset, aux=aux, keep_outputs=tuple(keep_outputs), drop_outputs=tuple(drop_outputs),
+    ctx = Context(opset=opset, aux=aux, keep_outputs=_as_tuple(keep_outputs), drop_outputs=_as_tuple(drop_outputs),
                   rename_outputs=rename_outputs)
 
     t0 = time.perf_counter()
@@ -91,7 +98,7 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
     outputs = {}
     for res in results.values():
         renamed.update(res.info.get("renamed", {}))
-        for key in ("kept", "dropped", "note"):
+        for key in ("kept", "dropped", "note", "removed"):
             if key in res.info:
                 outputs[key] = res.info[key]
     if renamed:
@@ -103,7 +110,7 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         step("verifying")
         t0 = time.perf_counter()
         verification = _verify(original, optimized, samples=samples, seed=seed, shapes=input_shapes,
-                               feeds=input_data, rtol=rtol, atol=atol, renamed=renamed)
+                               feeds=input_data, rtol=rtol, atol=atol, scale_rtol=scale_rtol, renamed=renamed)
         seconds["verify"] = time.perf_counter() - t0
 
     report = Report(

@@ -92,6 +92,8 @@ verify_options = [
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
     click.option("--rtol", type=float, default=None, help="Relative tolerance (default by dtype: 1e-4 for float32)."),
     click.option("--atol", type=float, default=None, help="Absolute tolerance (default by dtype: 1e-4 for float32)."),
+    click.option("--scale-rtol", type=float, default=None,
+                 help="Tolerance relative to each output's largest magnitude (default by dtype: 2e-5 for float32)."),
     click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
                  help="Shape for an input with symbolic dimensions, e.g. images=1x3x640x640 (repeatable)."),
     click.option("--input-data", type=click.Path(dir_okay=False), default=None,
@@ -107,12 +109,62 @@ def with_options(options):
     return deco
 
 
-def _verify_kwargs(samples, seed, rtol, atol, input_shapes, input_data) -> dict:
+def _verify_kwargs(samples, seed, rtol, atol, scale_rtol, input_shapes, input_data) -> dict:
     from onnxrep.verify import load_input_data, parse_shapes
 
-    return dict(samples=samples, seed=seed, rtol=rtol, atol=atol,
+    return dict(samples=samples, seed=seed, rtol=rtol, atol=atol, scale_rtol=scale_rtol,
                 input_shapes=parse_shapes(input_shapes),
                 input_data=load_input_data(input_data) if input_data else None)
+
+
+bench_runtime_options = [
+    click.option("--runtime", "runtimes", multiple=True, metavar="NAMES",
+                 help="Runtimes to time, comma-separated: ort-cpu, ort-cuda, ort-tensorrt, openvino "
+                      "(default: every available one)."),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="Threads for CPU runtimes, the same for every model (default: the runtime's own)."),
+]
+
+
+def _bench(models, labels, *, quiet, runtimes=(), threads=None, input_shapes=(), seed=0, batch=None, warmup=3,
+           runs=10, min_time=2.0, ov_device="CPU", plot_path=None):
+    """Run onnxrep.bench over `models` (paths or ModelProtos), print its table; returns the BenchReport."""
+    from onnxrep import bench as bench_mod
+    from onnxrep.verify import parse_shapes
+
+    if plot_path and not bench_mod.plot_available():
+        raise OnnxrepError("--plot needs matplotlib: pip install 'onnxrep[plot]'")
+    progress = Progress(not quiet)
+    try:
+        report = bench_mod.run_bench(models, labels=labels, runtimes=bench_mod.parse_runtimes(runtimes) or None,
+                                     batches=bench_mod.parse_batches(batch), shapes=parse_shapes(input_shapes),
+                                     seed=seed, threads=threads, warmup=warmup, min_runs=runs, min_time=min_time,
+                                     ov_device=ov_device, on_step=progress)
+    finally:
+        progress.done()
+    if not quiet:
+        click.echo(report.text())
+    if plot_path:
+        report.plot(plot_path)
+    return report
+
+
+def _names(ctx, param, value):
+    return _split_list(value)
+
+
+# Which outputs to keep: they flow through optimize(**pass_options) to the prune_outputs pass.
+output_options = [
+    click.option("--aux", type=click.Choice(["auto", "keep"]), default="auto", show_default=True,
+                 help="auto: recognise a training-only auxiliary head (YOLOv9 DualDDetect/TripleDDetect, "
+                      "MultimediaTechLab AUX) by structure and drop it; keep: keep every output."),
+    click.option("--keep-outputs", default=None, metavar="NAMES|INDICES", callback=_names,
+                 help="Keep only these outputs (comma-separated names or 0-based indices); overrides --aux."),
+    click.option("--drop-outputs", default=None, metavar="NAMES|INDICES", callback=_names,
+                 help="Drop these outputs (comma-separated names or 0-based indices); overrides --aux."),
+    click.option("--rename-outputs", is_flag=True,
+                 help="Rename the kept main output to 'output0' (what most YOLOv9 deployment code expects)."),
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,16 +183,21 @@ def main():
 @click.option("--passes", default=None, metavar="NAMES", help="Comma-separated passes to run (default: the whole pipeline).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Save weights in <output>.data (default: when the input had external data or the model is over 2 GB).")
+@with_options(output_options)
 @with_options(verify_options)
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the report as JSON ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", count=True, help="Show every declined candidate with its reason (and tracebacks).")
+@click.option("--bench", is_flag=True, help="Then time the original and the result side by side (see `onnxrep bench`).")
+@with_options(bench_runtime_options)
 @guarded
-def optimize(model, output, in_place, force, no_verify, passes, external_data, samples, seed, rtol, atol,
+def optimize(model, output, in_place, force, no_verify, passes, external_data, samples, seed, rtol, atol, scale_rtol,
              input_shapes, input_data, json_path, quiet, verbose, **pass_options):
     """Optimize MODEL and write the result (verified with onnxruntime)."""
     import onnxrep
     from onnxrep import io
+
+    bench_opts = {k: pass_options.pop(k) for k in ("bench", "runtimes", "threads")}  # ours, not optimize()'s
 
     out = Path(output) if output else io.default_output(model)
     if Path(model).exists() and io.same_file(out, model) and not in_place:
@@ -150,7 +207,7 @@ def optimize(model, output, in_place, force, no_verify, passes, external_data, s
     progress = Progress(not quiet)
     try:
         result = onnxrep.optimize(model, passes=_split_list(passes) if passes else None, verify=not no_verify,
-                                  on_step=progress, **_verify_kwargs(samples, seed, rtol, atol, input_shapes, input_data),
+                                  on_step=progress, **_verify_kwargs(samples, seed, rtol, atol, scale_rtol, input_shapes, input_data),
                                   **pass_options)
     finally:
         progress.done()
@@ -165,8 +222,16 @@ def optimize(model, output, in_place, force, no_verify, passes, external_data, s
         progress.done()
     if not quiet:
         click.echo(report.text(verbose=bool(verbose)))
+    data = report.to_dict()
+    if bench_opts["bench"] and report.output is None:
+        click.echo("onnxrep: bench skipped: verification failed", err=True)
+    elif bench_opts["bench"]:
+        if not quiet:
+            click.echo("")
+        data["bench"] = _bench([model, out], ["before", "after"], quiet=quiet, runtimes=bench_opts["runtimes"],
+                               threads=bench_opts["threads"], input_shapes=input_shapes, seed=seed).to_dict()
     if json_path:
-        _write_json(json_path, report.to_dict())
+        _write_json(json_path, data)
     if not result.ok:
         where = next((o for o in result.verification.outputs if not o.ok), None)
         detail = f"output {where.name} diverged: {where.message}" if where else result.verification.skipped_reason
@@ -182,19 +247,83 @@ def optimize(model, output, in_place, force, no_verify, passes, external_data, s
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", count=True, help="Tracebacks on errors.")
 @guarded
-def verify(original, optimized, samples, seed, rtol, atol, input_shapes, input_data, json_path, quiet, verbose):
+def verify(original, optimized, samples, seed, rtol, atol, scale_rtol, input_shapes, input_data, json_path, quiet, verbose):
     """Check that OPTIMIZED computes the same outputs as ORIGINAL in onnxruntime (optimizations off)."""
     from onnxrep import io
     from onnxrep.verify import verify as run_verify
 
-    kw = _verify_kwargs(samples, seed, rtol, atol, input_shapes, input_data)
+    kw = _verify_kwargs(samples, seed, rtol, atol, scale_rtol, input_shapes, input_data)
     a, _ = io.load(original)
     b, _ = io.load(optimized)
     result = run_verify(a, b, samples=kw["samples"], seed=seed, shapes=kw["input_shapes"],
-                        feeds=kw["input_data"], rtol=rtol, atol=atol)
+                        feeds=kw["input_data"], rtol=rtol, atol=atol, scale_rtol=scale_rtol)
     if not quiet:
         click.echo("\n".join(result.lines()))
     if json_path:
         _write_json(json_path, result.to_dict())
     if not result.ok:
         sys.exit(EXIT_VERIFY_FAILED)
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@with_options(bench_runtime_options)
+@click.option("--ov-device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, AUTO, ...")
+@click.option("--batch", default=None, metavar="SIZES",
+              help="Batch sizes for models with a dynamic batch, e.g. 1,8,32 (default: each model's own).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed rounds first.")
+@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True, help="Minimum timed runs per model.")
+@click.option("--min-time", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Minimum seconds of timed runs per model.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
+              help="Shape for an input with symbolic dimensions, e.g. images=1x3x640x640 (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--json", "json_path", default=None, metavar="FILE",
+              help="Write the results as JSON ('-' for stdout, instead of the table).")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Bar chart of latency per model and runtime (needs matplotlib: the 'plot' extra).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", count=True, help="Tracebacks on errors.")
+@guarded
+def bench(models, runtimes, threads, ov_device, batch, warmup, runs, min_time, input_shapes, seed, json_path,
+          plot_path, quiet, verbose):
+    """Time each MODEL in every available runtime, the models alternating run by run.
+
+    The first MODEL is the baseline: each other model's ratio is the median, over rounds, of its run's
+    time over the baseline's run's time in the same round (below 1 is faster)."""
+    for target, flag in ((json_path, "--json"), (plot_path, "--plot")):
+        if target and target != "-" and not Path(target).resolve().parent.is_dir():
+            raise OnnxrepError(f"{flag} {target}: folder does not exist")
+    report = _bench(list(models), None, quiet=quiet or json_path == "-", runtimes=runtimes, threads=threads,
+                    input_shapes=input_shapes, seed=seed, batch=batch, warmup=warmup, runs=runs, min_time=min_time,
+                    ov_device=ov_device, plot_path=plot_path)
+    if json_path:
+        _write_json(json_path, report.to_dict())
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path())
+@with_options(output_options)
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Write the analysis as JSON ('-' for stdout, instead of the text).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", count=True, help="List every declined candidate with its reason (and tracebacks).")
+@guarded
+def inspect_command(model, aux, keep_outputs, drop_outputs, rename_outputs, json_path, quiet, verbose):
+    """Describe MODEL and what `optimize` would do to it; changes and writes nothing.
+
+    Inputs and outputs with shapes, opset, op histogram, parameters and MACs, the auxiliary head that
+    would be dropped (and why), and per pass how many candidates it would rewrite or decline."""
+    from onnxrep.inspect import inspect as run_inspect
+
+    if json_path and json_path != "-" and not Path(json_path).resolve().parent.is_dir():
+        raise OnnxrepError(f"--json {json_path}: folder does not exist")
+    progress = Progress(not quiet)
+    try:
+        result = run_inspect(model, aux=aux, keep_outputs=keep_outputs, drop_outputs=drop_outputs,
+                             rename_outputs=rename_outputs, on_step=progress)
+    finally:
+        progress.done()
+    if not quiet and json_path != "-":
+        click.echo(result.text(verbose=bool(verbose)))
+    if json_path:
+        _write_json(json_path, result.to_dict())

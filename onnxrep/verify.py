@@ -232,7 +232,10 @@ def verify(original, optimized, *, samples: int = 1, seed: int = 0, shapes: dict
             return Verification(ran=True, ok=False, skipped_reason=f"onnxruntime cannot load the optimized model ({_short(exc)})")
         ref_outputs = [o.name for o in ref_sess.get_outputs()]
         new_outputs = {o.name for o in new_sess.get_outputs()}
-        pairs = [(n, renamed.get(n, n)) for n in ref_outputs if renamed.get(n, n) in new_outputs]
+        # an original output whose name was given to another (renamed) output is gone, not that one
+        taken = set(renamed.values()) - set(renamed)
+        pairs = [(n, renamed.get(n, n)) for n in ref_outputs
+                 if renamed.get(n, n) in new_outputs and (n in renamed or n not in taken)]
         if not pairs:
             return Verification(ran=False, ok=True, skipped_reason="no output is present in both models")
         if feeds is None:

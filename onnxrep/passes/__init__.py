@@ -1,6 +1,6 @@
 """The pass pipeline: one literal tuple, repeated until nothing changes.
 
-Order matters, and this is the only place it is decided:
+Order matters, and this is the only place it is decided (each entry says why it sits where it does).
 """
 
 from __future__ import annotations
@@ -8,11 +8,22 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep.passes.base import Context, Pass, PassResult
+from onnxrep.passes.cleanup import Canonicalize, Tidy
 from onnxrep.passes.fold_batchnorm import FoldBatchNorm
+from onnxrep.passes.merge_branches import MergeBranches
+from onnxrep.passes.prune_outputs import PruneOutputs
 
 DEFAULT_PIPELINE: tuple[Pass, ...] = (
-    # Folding BN first turns every Conv->BN->... into a plain Conv, which is what the branch merge matches.
+    # Pruning first means later passes don't waste time on the aux branch (and report only main-branch work).
+    PruneOutputs(),
+    # Canonical form before matching: no Identity/Constant nodes between a Conv and its BN, shape chains folded.
+    Canonicalize(),
+    # Folding BN before merging turns every Conv->BN into a plain Conv, which is what the branch merge matches.
     FoldBatchNorm(),
+    # After the fold, RepConv branches are bare Convs summed by Add: merge them into one Conv.
+    MergeBranches(),
+    # Last, once the structure is final: one copy of each equal initializer/node, value_info that matches.
+    Tidy(),
 )
 
 _MAX_ROUNDS = 10
@@ -56,7 +67,8 @@ def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pa
             total.count += res.count
             total.changed |= res.changed
             total.notes = res.notes
-            total.info.update(res.info)
+            if res.changed or not total.info:  # facts of the round that acted, not of the idle rounds after it
+                total.info.update(res.info)
             changed |= res.changed
         if not changed:
             break
