@@ -1,0 +1,105 @@
+"""merge_chains: two data-movement nodes in a row  =>  one.
+
+  * ``Concat(axis a)(..., Concat(axis a)(p, q), ...)``  ⇒  ``Concat(axis a)(..., p, q, ...)``
+    (YOLOv9's ADown ends in a Concat that the neck concatenates again: same axis, same bytes);
+  * ``Reshape(Reshape(x, s1), s2)``  ⇒  ``Reshape(x, s2)`` when s2 is constant and has no ``0`` copying a dim
+    of the intermediate (with allowzero=1 a 0 is a literal size and is fine); a reshape only depends on the
+    element order, which the first reshape doesn't change;
+  * ``Transpose(Transpose(x, p), q)``  ⇒  ``Transpose(x, p∘q)`` with ``(p∘q)[i] = p[q[i]]`` (remove_noops then
+    drops it when that is the identity).
+
+Precondition for all: the inner node's output feeds only the outer node and is not a graph output (otherwise
+the inner node stays and nothing gets smaller). Negative Concat axes are compared after normalising by rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep.graph import Namer, const_value, is_std, iter_graphs, producer, sole_consumer
+from onnxrep.passes.base import PassResult
+from onnxrep.passes.cleanup_infer import Types
+
+
+def merge_chains(graph: gs.Graph, types: Types, namer: Namer, result: PassResult, stats: dict) -> None:
+    for g in iter_graphs(graph):
+        for node in list(g.nodes):
+            if not node.outputs or not is_std(node, "Concat", "Reshape", "Transpose"):
+                continue
+            rule = _RULES[node.op]
+            if rule(g, node, types, namer):
+                stats[node.op] = stats.get(node.op, 0) + 1
+                result.applied()
+
+
+def _inner(graph: gs.Graph, node: gs.Node, i: int, op: str) -> gs.Node | None:
+    if len(node.inputs) <= i:
+        return None
+    t = node.inputs[i]
+    inner = producer(t)
+    if inner is None or not is_std(inner, op) or len(inner.outputs) != 1 or sole_consumer(graph, t) is not node:
+        return None
+    return inner
+
+
+def _axis(node: gs.Node, types: Types) -> int | None:
+    axis = int(node.attrs.get("axis", 0))
+    if axis >= 0:
+        return axis
+    dims = types.dims(node.outputs[0])
+    return None if dims is None else axis + len(dims)
+
+
+def _concat(graph, node, types, namer) -> bool:
+    axis = _axis(node, types)
+    if axis is None:
+        return False
+    flat, merged = [], []
+    for i, t in enumerate(node.inputs):
+        inner = _inner(graph, node, i, "Concat")
+        if inner is not None and _axis(inner, types) == axis:
+            flat.extend(inner.inputs)
+            merged.append(inner)
+        else:
+            flat.append(t)
+    if not merged:
+        return False
+    node.inputs.clear()
+    node.inputs.extend(flat)
+    for inner in merged:
+        _disconnect(inner)
+    return True
+
+
+def _disconnect(node: gs.Node) -> None:
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def _reshape(graph, node, types, namer) -> bool:
+    inner = _inner(graph, node, 0, "Reshape")
+    target = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if inner is None or target is None:
+        return False
+    if not int(node.attrs.get("allowzero", 0)) and np.any(np.asarray(target) == 0):
+        return False
+    node.inputs[0] = inner.inputs[0]
+    _disconnect(inner)
+    return True
+
+
+def _transpose(graph, node, types, namer) -> bool:
+    inner = _inner(graph, node, 0, "Transpose")
+    if inner is None:
+        return False
+    p, q = inner.attrs.get("perm"), node.attrs.get("perm")
+    if p is None or q is None or len(p) != len(q):
+        return False
+    node.attrs["perm"] = [int(p[int(i)]) for i in q]
+    node.inputs[0] = inner.inputs[0]
+    _disconnect(inner)
+    return True
+
+
+_RULES = {"Concat": _concat, "Reshape": _reshape, "Transpose": _transpose}
