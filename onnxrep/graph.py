@@ -207,26 +207,42 @@ def _static_shape(node: gs.Node) -> np.ndarray | None:
 
 
 def _evaluate(node: gs.Node, inputs: list[np.ndarray | None]) -> np.ndarray | None:
-    """Evaluate one node on constant inputs with onnx's reference implementation (one output only)."""
-    if len(node.outputs) != 1 or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+    """The single output of `node` on constant inputs, or None (the caller then sees a non-constant)."""
+    if len(node.outputs) != 1:
         return None
+    outs = evaluate_node(node, inputs)
+    return None if isinstance(outs, str) else outs[0]
+
+
+def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int | None = None) -> list[np.ndarray] | str:
+    """All outputs of `node` on the given constant inputs (None for an absent optional input), run by
+    onnx's reference implementation at `opset` (default: the newest). A reason string when it can't."""
+    if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return "node has a subgraph"
+    from onnx.reference import ReferenceEvaluator
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    names = [f"i{k}" if t.name else "" for k, t in enumerate(node.inputs)]
+    outs = [f"o{k}" if t.name else "" for k, t in enumerate(node.outputs)]
+    proto = onnx.helper.make_node(node.op, names, outs, domain="")
+    proto.attribute.extend(OnnxExporter.export_attributes(node.attrs))
+    feeds = {n: np.asarray(v) for n, v in zip(names, inputs) if n}
+    graph_inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                    for n, v in feeds.items()]
+    graph_outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in outs if o]
+    model = onnx.helper.make_model(onnx.helper.make_graph([proto], "fold", graph_inputs, graph_outputs),
+                                   opset_imports=[onnx.helper.make_opsetid("", opset or onnx.defs.onnx_opset_version())])
     try:
-        from onnx.reference import ReferenceEvaluator
-
-        names = [f"i{k}" if t.name else "" for k, t in enumerate(node.inputs)]
-        proto = onnx.helper.make_node(node.op, names, ["o"], domain=node.domain or "",
-                                      **{k: _attr_for_proto(v) for k, v in node.attrs.items()})
-        feeds = {n: v for n, v in zip(names, inputs) if n}
-        (out,) = ReferenceEvaluator(proto).run(None, feeds)
-        return np.asarray(out)
-    except Exception:  # an op the reference can't run: simply not a constant we can fold
-        return None
-
-
-def _attr_for_proto(value):
-    if isinstance(value, gs.Constant):
-        return onnx.numpy_helper.from_array(np.asarray(value.values))
-    return value
+        values = iter(ReferenceEvaluator(model).run(None, feeds))
+    except Exception as exc:  # an op or case the reference implementation can't run
+        return f"reference evaluation failed ({type(exc).__name__})"
+    result = []
+    for o in node.outputs:
+        value = next(values) if o.name else np.zeros(0)
+        if not isinstance(value, np.ndarray) and not np.isscalar(value):
+            return "result is not a tensor"
+        result.append(np.asarray(value))
+    return result
 
 
 def all_const(tensors: Iterable[gs.Tensor]) -> bool:
@@ -244,7 +260,8 @@ def np_dtype(tensor: gs.Tensor):
 
 
 def make_const(namer: Namer, base: str, value: np.ndarray) -> gs.Constant:
-    return gs.Constant(namer(base), np.ascontiguousarray(value))
+    # np.asarray keeps a scalar a scalar (ascontiguousarray would make it shape [1])
+    return gs.Constant(namer(base), np.asarray(value, order="C"))
 
 
 def model_opset(graph: gs.Graph) -> int:

@@ -3,8 +3,6 @@ sweep, and YOLOv9 models end to end. Every result is checked in onnxruntime with
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -672,9 +670,9 @@ def test_property_merge_is_exact(case):
 IMGSZ = 64
 
 
-@functools.cache
-def yolo(name, form):
-    return pytest.importorskip("models").build(name, form=form, imgsz=IMGSZ, nc=8)
+def yolo(model_file, name, form):
+    pytest.importorskip("models")
+    return onnx.load(model_file(name, form, imgsz=IMGSZ, nc=8))  # built once per session (conftest)
 
 
 def run_with(model, feed, extra_outputs):
@@ -685,8 +683,8 @@ def run_with(model, feed, extra_outputs):
     return dict(zip([o.name for o in m.graph.output], run(m, feed)))
 
 
-def check_yolo(name, form):
-    original, fused = yolo(name, form), yolo(name, "fused")
+def check_yolo(model_file, name, form):
+    original, fused = yolo(model_file, name, form), yolo(model_file, name, "fused")
     result = merge(original, ["fold_batchnorm", "merge_branches"])
     count_convs = pytest.importorskip("models").count_convs
     assert count_convs(result.model) == count_convs(fused)  # Conv nodes and weight+bias elements
@@ -699,25 +697,23 @@ def check_yolo(name, form):
     image = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
     feed = {original.graph.input[0].name: image}
     ref, got = run_with(original, feed, merged), run_with(result.model, feed, merged)
-    for n in merged:  # float32 rounding, relative to the tensor's scale (activations reach 1e5 here)
+    for n in merged:  # float32 rounding, relative to the tensor's scale
         assert np.abs(got[n] - ref[n]).max() <= 1e-4 * np.abs(ref[n]).max(), n
-    # heads: DFL's softmax amplifies rounding, so the bar is the builder's own fused model's error
-    theirs = run_with(fused, feed, [])
-    for out in original.graph.output:
-        a, b, c = ref[out.name], got[out.name], theirs[out.name]
-        bound = max(2 * np.abs(c - a).max(), 1e-5 * np.abs(a).max())
-        assert np.abs(b - a).max() <= bound, out.name
+    # the heads, with verify()'s default float32 tolerances, against the original and the builder's fused form
+    for reference in (original, fused):
+        v = verify(reference, result.model, feeds=[feed])
+        assert v.ran and v.ok, v.lines()
     return result
 
 
 @pytest.mark.parametrize("form", ["folded", "bn"])
-def test_yolov9_t_reaches_the_fused_conv_count(form):
-    result = check_yolo("yolov9-t", form)
+def test_yolov9_t_reaches_the_fused_conv_count(model_file, form):
+    result = check_yolo(model_file, "yolov9-t", form)
     assert merged_count(result) == 54  # 42 RepConvN in the main branch, 12 in the aux neck
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~15-20 s: two 51M-parameter builds written to disk
 @pytest.mark.parametrize("form", ["folded", "bn"])
-def test_yolov9_c_reaches_the_fused_conv_count(form):
-    result = check_yolo("yolov9-c", form)
+def test_yolov9_c_reaches_the_fused_conv_count(model_file, form):
+    result = check_yolo(model_file, "yolov9-c", form)
     assert merged_count(result) == 24  # 16 RepConvN in the main branch, 8 in the aux backbone

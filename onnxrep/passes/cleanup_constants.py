@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, is_graph_output, is_std, iter_graphs, make_const, model_opset, producer
+from onnxrep.graph import Namer, evaluate_node, is_graph_output, is_std, iter_graphs, make_const, model_opset, producer
 from onnxrep.passes.base import PassResult
 from onnxrep.passes.cleanup_infer import DimRoots, Types, _is_static, elem_type
 from onnxrep.passes.cleanup_noops import bypass
@@ -335,32 +335,10 @@ def _fold_node(graph, node, opset, types, result, stats) -> None:
 
 def _evaluate(node: gs.Node, opset: int) -> list[np.ndarray] | str:
     """All outputs of `node` on its constant inputs, at `opset`; a reason string when it can't."""
-    from onnx.reference import ReferenceEvaluator
-    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
-
-    names = [f"i{k}" if t.name else "" for k, t in enumerate(node.inputs)]
-    outs = [f"o{k}" if t.name else "" for k, t in enumerate(node.outputs)]
-    proto = onnx.helper.make_node(node.op, names, outs, domain="")
-    proto.attribute.extend(OnnxExporter.export_attributes(node.attrs))
-    feeds = {n: np.asarray(t.values) for n, t in zip(names, node.inputs) if n}
-    graph_inputs = [onnx.helper.make_tensor_value_info(n, elem_type(v.dtype), list(v.shape)) for n, v in feeds.items()]
-    graph_outputs = [onnx.helper.make_empty_tensor_value_info(o) for o in outs if o]
-    model = onnx.helper.make_model(onnx.helper.make_graph([proto], "fold", graph_inputs, graph_outputs),
-                                   opset_imports=[onnx.helper.make_opsetid("", opset)])
-    try:
-        values = ReferenceEvaluator(model).run(None, feeds)
-    except Exception as exc:  # an op or case the reference implementation can't run
-        return f"reference evaluation failed ({type(exc).__name__})"
-    arrays = []
-    for v in values:
-        if not isinstance(v, np.ndarray) and not np.isscalar(v):
-            return "result is not a tensor"
-        v = np.asarray(v)
-        if not _numpy_exact(v.dtype):
+    result = evaluate_node(node, [np.asarray(t.values) if t.name else None for t in node.inputs], opset)
+    if isinstance(result, str):
+        return result
+    for v, o in zip(result, node.outputs):
+        if o.name and not _numpy_exact(v.dtype):
             return f"result type {v.dtype} not held exactly by numpy"
-        arrays.append(v)
-    result = []
-    it = iter(arrays)
-    for o in node.outputs:
-        result.append(next(it) if o.name else np.zeros(0))
     return result
