@@ -12,8 +12,11 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxrep import io as _io
 from onnxrep.graph import import_model
@@ -39,16 +42,49 @@ class Result:
 
 
 def from_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export `graph`, keeping the original model's identity: opsets, IR version, producer, metadata."""
-    model = gs.export_onnx(graph, do_type_check=False, opset_imports=list(original.opset_import))
-    model.ir_version = original.ir_version
-    for key in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, key, getattr(original, key))
-    model.graph.doc_string = original.graph.doc_string
-    model.graph.name = original.graph.name
-    del model.metadata_props[:]
-    model.metadata_props.extend(original.metadata_props)
+    """Export `graph`, keeping the original model's identity: opsets, IR version, producer, metadata.
+
+    Unlike gs.export_onnx (which builds the graph, then copies it into a model), each initializer is
+    written once, straight into the new model, and the graph's numpy copy is released as soon as it is:
+    peak memory stays near one copy of the weights.
+    """
+    model = onnx.ModelProto()
+    _io._copy_fields(original, model, skip={"graph", "functions"})
+    model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
+    g = model.graph
+    g.name, g.doc_string = original.graph.name, original.graph.doc_string
+    g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
+    g.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
+    g.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
+    interface = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            _export_constant(g, tensor)
+        elif tensor.name not in interface and (tensor.dtype is not None or tensor.shape is not None):
+            g.value_info.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))
     return model
+
+
+def _export_constant(g: onnx.GraphProto, tensor: gs.Constant) -> None:
+    values = tensor._values
+    if isinstance(values, SparseValues):
+        g.sparse_initializer.add().CopyFrom(values.tensor)
+        return
+    proto = g.initializer.add()
+    if isinstance(values, LazyValues):
+        proto.CopyFrom(values.tensor)
+        proto.name = tensor.name
+    else:
+        array = np.asarray(values)
+        if array.dtype.kind in "OSU":  # strings: the helper knows their encoding
+            proto.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+        else:
+            proto.name = tensor.name
+            proto.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+            proto.dims.extend(array.shape)
+            proto.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    # the graph is finished: point the constant at the written proto and let its numpy copy go
+    tensor._values = LazyValues(proto)
 
 
 def _as_tuple(value) -> tuple:

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 # gs warns on stdout about things we handle (e.g. bfloat16 casts); our report says what matters.
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
@@ -152,7 +153,7 @@ def const_value(tensor: gs.Tensor | None, _depth: int = 0) -> np.ndarray | None:
     if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
-        return None if getattr(tensor, "overridable", False) else tensor.values
+        return None if getattr(tensor, "overridable", False) else peek(tensor)
     node = producer(tensor)
     if node is None or _depth > _MAX_FOLD_DEPTH or not is_std(node):
         return None
@@ -194,7 +195,7 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
 
 def _static_shape(node: gs.Node) -> np.ndarray | None:
     source = node.inputs[0]
-    shape = source.shape if not isinstance(source, gs.Constant) else source.values.shape
+    shape = source.shape
     if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
         return None
     shape = np.asarray(shape, dtype=np.int64)
@@ -245,13 +246,28 @@ def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int | N
     return result
 
 
+def peek(tensor: gs.Constant) -> np.ndarray:
+    """A constant's values *without* caching them on the tensor (gs's ``.values`` keeps a numpy copy of
+    every weight it ever loads; for a 280 MB model that is a second copy of the weights)."""
+    values = tensor._values
+    return values.load() if isinstance(values, LazyValues) else tensor.values
+
+
+def const_bytes(tensor: gs.Constant) -> bytes:
+    """The raw little-endian bytes of a constant, straight from its TensorProto when it has them."""
+    values = tensor._values
+    if isinstance(values, LazyValues) and values.tensor.HasField("raw_data"):
+        return values.tensor.raw_data
+    return np.ascontiguousarray(peek(tensor)).tobytes()
+
+
 def all_const(tensors: Iterable[gs.Tensor]) -> bool:
     return all(const_value(t) is not None for t in tensors)
 
 
 def np_dtype(tensor: gs.Tensor):
     """numpy dtype of a tensor (gs stores either numpy dtypes or onnx enums)."""
-    dtype = tensor.values.dtype if isinstance(tensor, gs.Constant) else tensor.dtype
+    dtype = tensor.dtype
     if dtype is None:
         return None
     if isinstance(dtype, (int, np.integer)) and not isinstance(dtype, np.dtype):

@@ -7,11 +7,13 @@ interrupt the temporary files are removed and whatever was at the target path is
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -46,7 +48,7 @@ def load(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, 
     if size == 0:
         raise OnnxrepError(f"{path}: empty file, not an ONNX model")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = _parse(path)
     except (DecodeError, RuntimeWarning, ValueError, OSError) as exc:
         raise OnnxrepError(f"{path}: not an ONNX model (protobuf parse failed: {_first_line(exc)})") from exc
     except Exception as exc:  # the protobuf runtime raises its own types on damaged input
@@ -68,12 +70,61 @@ def load(path: str | os.PathLike, check: bool = True) -> tuple[onnx.ModelProto, 
     return model, LoadInfo(path=path, external_data=bool(data_files), file_bytes=total)
 
 
+def _parse(path: Path) -> onnx.ModelProto:
+    """Parse straight from a memory map: no Python bytes copy of the whole file next to the model."""
+    model = onnx.ModelProto()
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            model.ParseFromString(view)
+        finally:
+            view.release()
+    return model
+
+
 def check_model(model: onnx.ModelProto, label: str | os.PathLike = "model") -> None:
+    """onnx.checker on the model's structure, and our own check of every tensor's byte count.
+
+    The checker serialises the model it is given; handing it the weights too would cost two more copies
+    of them. So it checks a view in which each large initializer is a typed graph input instead, which
+    is the same graph to every rule of the checker except the tensor size check done here.
+    """
     try:
-        if tensor_bytes(model) < EXTERNAL_DATA_THRESHOLD:
-            onnx.checker.check_model(model)
+        onnx.checker.check_model(_structure_view(model))
     except onnx.checker.ValidationError as exc:
         raise OnnxrepError(f"{label}: onnx.checker rejects the model: {_checker_summary(exc)}") from exc
+    for tensor in model.graph.initializer:
+        reason = _size_mismatch(tensor)
+        if reason:
+            raise OnnxrepError(f"{label}: onnx.checker rejects the model: tensor {tensor.name!r} {reason}")
+
+
+def _structure_view(model: onnx.ModelProto) -> onnx.ModelProto:
+    view = onnx.ModelProto()
+    _copy_fields(model, view, skip={"graph"})
+    _copy_fields(model.graph, view.graph, skip={"initializer"})
+    inputs = {i.name for i in model.graph.input}
+    for tensor in model.graph.initializer:
+        if not _is_large(tensor):
+            view.graph.initializer.append(tensor)
+        elif tensor.name not in inputs:
+            view.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return view
+
+
+def _size_mismatch(tensor: onnx.TensorProto) -> str | None:
+    if not tensor.HasField("raw_data"):
+        return None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:  # sub-byte and exotic types: the checker's view already covered the rest
+        return None
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return None
+    expected = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    if len(tensor.raw_data) != expected:
+        return f"has {len(tensor.raw_data)} bytes of data, its shape {list(tensor.dims)} needs {expected}"
+    return None
 
 
 def _checker_summary(exc: Exception) -> str:
@@ -157,19 +208,18 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
     data_name = path.name + ".data"
     temps: list[Path] = []
     try:
-        tmp_data = None
-        moved: list[tuple[onnx.TensorProto, bytes]] = []
-        if external_data:
-            tmp_data = _tempfile(folder, data_name, temps)
-            moved = _move_to_external(model, tmp_data, data_name)
-        try:
-            tmp_model = _tempfile(folder, path.name, temps)
-            with open(tmp_model, "wb") as fh:
-                fh.write(model.SerializeToString())
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            _restore_inline(moved)
+        tmp_data = _tempfile(folder, data_name, temps) if external_data else None
+        tmp_model = _tempfile(folder, path.name, temps)
+        with open(tmp_model, "wb") as fh:
+            if tmp_data is not None:
+                with open(tmp_data, "wb") as data_fh:
+                    _write_model(fh, model, data_fh, data_name)
+                    data_fh.flush()
+                    os.fsync(data_fh.fileno())
+            else:
+                _write_model(fh, model)
+            fh.flush()
+            os.fsync(fh.fileno())
         if tmp_data is not None:
             os.replace(tmp_data, folder / data_name)
         os.replace(tmp_model, path)
@@ -185,6 +235,80 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
     return written
 
 
+def _copy_fields(src, dst, skip: set[str]) -> None:
+    """Copy every set field of a protobuf message except `skip` (cheap when the skipped ones are the big ones)."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        if repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+_GRAPH_TAG = bytes([(onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number << 3) | 2])
+_INITIALIZER_TAG = bytes([(onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number << 3) | 2])
+
+
+def _write_model(fh, model: onnx.ModelProto, data_fh=None, location: str | None = None) -> None:
+    """Serialize `model` one initializer at a time, never the whole model in memory at once.
+
+    Protobuf merges repeated occurrences of an embedded message, so the model is written as: the model
+    without its initializers, then one ``graph { initializer }`` fragment per tensor. With `data_fh`,
+    large tensors' bytes go there (page-aligned) and the model points at `location`.
+    The caller's model is not modified.
+    """
+    head = onnx.ModelProto()
+    _copy_fields(model, head, skip={"graph"})
+    _copy_fields(model.graph, head.graph, skip={"initializer"})
+    offset = 0
+    if data_fh is not None:  # tensors outside graph.initializer (Constant nodes, subgraphs): head is our copy
+        offset = _move_to_external(head, data_fh, location, offset)
+    fh.write(head.SerializeToString())
+    for tensor in model.graph.initializer:
+        if data_fh is not None and _is_large(tensor):
+            ref = onnx.TensorProto()
+            _copy_fields(tensor, ref, skip={"raw_data"})
+            offset = _store_external(ref, tensor.raw_data, data_fh, location, offset)
+            body = ref.SerializeToString()
+        else:
+            body = tensor.SerializeToString()
+        fragment = _INITIALIZER_TAG + _varint(len(body)) + body
+        fh.write(_GRAPH_TAG + _varint(len(fragment)))
+        fh.write(fragment)
+
+
+def _is_large(tensor: onnx.TensorProto) -> bool:
+    return tensor.HasField("raw_data") and len(tensor.raw_data) >= _EXTERNAL_MIN_BYTES
+
+
+def _store_external(tensor: onnx.TensorProto, raw: bytes, data_fh, location: str, offset: int) -> int:
+    """Append `raw` to the data file (page-aligned, so runtimes can mmap) and point `tensor` at it."""
+    pad = (-offset) % 4096
+    data_fh.write(b"\0" * pad)
+    offset += pad
+    data_fh.write(raw)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return offset + len(raw)
+
+
 def _tempfile(folder: Path, name: str, temps: list[Path]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -192,34 +316,9 @@ def _tempfile(folder: Path, name: str, temps: list[Path]) -> Path:
     return Path(tmp)
 
 
-def _move_to_external(model: onnx.ModelProto, data_path: Path, location: str) -> list:
-    """Write large tensors' bytes to `data_path` and point the tensors at `location` (undone by _restore_inline)."""
-    moved = []
-    offset = 0
-    with open(data_path, "wb") as fh:
-        for tensor in _all_tensors(model):
-            if not tensor.HasField("raw_data") or len(tensor.raw_data) < _EXTERNAL_MIN_BYTES:
-                continue
-            raw = tensor.raw_data
-            pad = (-offset) % 4096  # page-aligned, so runtimes can mmap
-            fh.write(b"\0" * pad)
-            offset += pad
-            fh.write(raw)
-            moved.append((tensor, raw))
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            offset += len(raw)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return moved
-
-
-def _restore_inline(moved: list) -> None:
-    for tensor, raw in moved:
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        tensor.raw_data = raw
+def _move_to_external(model: onnx.ModelProto, data_fh, location: str, offset: int) -> int:
+    """Move every large tensor of `model` (which the caller owns) to the data file."""
+    for tensor in _all_tensors(model):
+        if _is_large(tensor):
+            offset = _store_external(tensor, tensor.raw_data, data_fh, location, offset)
+    return offset

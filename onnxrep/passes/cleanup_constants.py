@@ -316,7 +316,7 @@ def _fold_node(graph, node, opset, types, result, stats) -> None:
     if isinstance(outs, str):
         result.decline(node, f"{node.op} not folded: {outs}")
         return
-    in_bytes = sum(t.values.nbytes for t in inputs)
+    in_bytes = sum(t._values.nbytes for t in inputs)
     out_bytes = sum(v.nbytes for v in outs)
     if out_bytes > in_bytes + _GROWTH_LIMIT and not all(
             (r.op, i) in _WEIGHT_SLOTS for o in node.outputs for r in o.outputs for i, t in enumerate(r.inputs)

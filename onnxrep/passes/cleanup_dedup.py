@@ -19,7 +19,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import is_graph_output, is_std, iter_graphs
+from onnxrep.graph import const_bytes, is_graph_output, is_std, iter_graphs
 from onnxrep.passes.base import PassResult
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -40,12 +40,12 @@ def dedup_initializers(graph: gs.Graph, result: PassResult, stats: dict) -> None
                 continue
             canon: dict[bytes, gs.Constant] = {}
             for t in group:
-                data = np.asarray(t.values, order="C").reshape(-1)
-                if data.dtype.hasobject:   # strings: rare, and not worth the care
+                if t.export_dtype is not None and np.dtype(t.dtype).hasobject:  # strings: rare, not worth the care
                     continue
-                key = hashlib.blake2b(data.view(np.uint8).data, digest_size=20).digest()
+                data = const_bytes(t)
+                key = hashlib.blake2b(data, digest_size=20).digest()
                 first = canon.setdefault(key, t)
-                if first is t or data.tobytes() != np.asarray(first.values).tobytes():
+                if first is t or data != const_bytes(first):
                     continue
                 for reader in [r for r in list(t.outputs) if any(n is r for n in g.nodes)]:
                     for i, x in enumerate(reader.inputs):

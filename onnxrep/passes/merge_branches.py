@@ -1,13 +1,15 @@
-"""merge_branches: ``Add|Sum(Conv_a(x), Conv_b(x), ...[, x | BN(x)])``  =>  ``Conv(x)``.
+"""merge_branches: ``Add|Sum(Conv_a(x), Conv_b(x), ...[, x | BN(x) | AvgPool(x)])``  =>  ``Conv(x)``.
 
-Structural re-parameterization (RepVGG, YOLOv9 RepConvN, YOLOv6/7 RepConv, ACNet, MobileOne): parallel
-branches that read the same tensor x are linear in x, so their sum is one convolution.
+Structural re-parameterization (RepVGG, YOLOv9 RepConvN, YOLOv6/7 RepConv, ACNet, MobileOne, RepGhost,
+RepViT, Diverse Branch Block): parallel branches that read the same tensor x are linear in x, so their
+sum is one convolution.
 
 Algebra (per spatial axis i, branch kernel m_i, merged kernel K_i = max over branches, offset
 o_i = (K_i - m_i) / 2, which must be whole):
     W[:, :, o:o+m] += W_branch * s      (s, t: the branch's trailing inference-mode BN, else 1, 0)
     b              += b_branch * s + t  (b_branch = 0 when the Conv has no bias)
     identity x / BN(x): a 1x1 kernel with s[c] at output c, input channel c mod (C/g), plus bias t
+    AveragePool_k(x) / BN(AveragePool_k(x)) (DBB): the same, with s[c]/prod(k) at every tap of a k kernel
 The merged Conv keeps the common strides, dilations and group; its pads are each branch's pads
 grown by o_i * dilation_i (begin and end), which must come out the same for every branch: that is
 exactly when the smaller kernel sits centred in the larger one, so output size and alignment agree.
@@ -15,7 +17,8 @@ Everything is computed in float64 and cast back to the weight's dtype.
 
 Matching: an Add/Sum and every Add/Sum it privately absorbs (``Add(Add(a, b), c)``, ``Sum``) form one
 n-ary sum; its terms are grouped by the tensor their branch reads. A term is a branch when it is
-``Conv(x)``, ``BN(Conv(x))`` (BN folded inside the merge), ``BN(x)`` or ``x`` itself. A group with at
+``Conv(x)``, ``BN(Conv(x))`` (BN folded inside the merge), ``AveragePool(x)``, ``BN(AveragePool(x))``,
+``BN(x)`` or ``x`` itself. A group with at
 least one Conv and two branches is a candidate; the compatible subset (two or more) is merged and the
 other terms stay in a new Add chain. The sum's output tensor keeps its name.
 
@@ -29,7 +32,10 @@ Preconditions (each failure is a reason in the notes):
   * each intermediate (Conv output, BN output, inner Add output) feeds only this sum and is not a graph
     output;
   * an identity branch needs stride 1, as many output channels as input channels, an odd merged
-    kernel and "same" pads.
+    kernel and "same" pads;
+  * an AveragePool branch needs as many output channels as input channels, ceil_mode 0, and
+    count_include_pad 1 when it pads (a border window must divide by prod(k), as the Conv does); its
+    kernel must fit in the Convs' (merging must never grow a Conv); strides, dilations and pads as a Conv.
 Weights are never mutated: the merged kernel and bias are new tensors with fresh names.
 """
 
@@ -56,6 +62,7 @@ from onnxrep.passes.base import Context, PassResult
 from onnxrep.passes.fold_batchnorm import bn_scale_shift, bn_training_reason
 
 _SUMS = ("Add", "Sum")
+_LINEAR = ("Conv", "AveragePool")  # what a branch may apply to x (then, optionally, a BatchNormalization)
 
 
 @dataclass
@@ -66,22 +73,28 @@ class Branch:
     x: gs.Tensor
     conv: gs.Node | None = None
     bn: gs.Node | None = None
+    pool: gs.Node | None = None      # AveragePool: a Conv with a uniform per-channel kernel
     reason: str | None = None       # set when this branch can't be merged
     # filled by the check:
     weight: np.ndarray | None = None   # float64, BN applied
     bias: np.ndarray | None = None     # float64, BN applied (None: zero)
     scale: np.ndarray | None = None    # identity: per-channel scale (None: 1)
     pads: list | None = None           # explicit [begin..., end...]
+    pool_kernel: tuple = ()            # AveragePool kernel_shape
     attrs: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        node = self.conv or self.bn
+        node = self.conv or self.pool or self.bn
         return (node.name or node.op) if node is not None else f"identity {self.x.name}"
 
     @property
+    def is_identity(self) -> bool:
+        return self.conv is None and self.pool is None
+
+    @property
     def kernel(self) -> tuple:
-        return tuple(self.weight.shape[2:]) if self.weight is not None else ()
+        return tuple(self.weight.shape[2:]) if self.weight is not None else self.pool_kernel
 
 
 @dataclass
@@ -170,6 +183,13 @@ class MergeBranches:
         convs.insert(0, ref)
         spatial = len(ref.kernel)
         ra = ref.attrs
+        channels_out, per_group = ref.weight.shape[0], ref.weight.shape[1]
+        channels_in = per_group * ra["group"]
+        for b in group:  # an AveragePool is a Conv with the reference's channels and group, once built
+            if b.pool is not None and b.reason is None:
+                b.reason = _pool_as_conv(b, ref, channels_in)
+                if b.reason is None:
+                    convs.append(b)
         for b in convs[1:]:
             b.reason = _compatible(ref, b)
         convs = [b for b in convs if b.reason is None]
@@ -191,7 +211,13 @@ class MergeBranches:
                 b.reason = (f"kernel {_dims(b.kernel)} can't be centred with {_dims(ref.kernel)} "
                             "(odd and even sizes)")
         convs = [b for b in convs if b.reason is None]
-        kernel = tuple(max(b.kernel[i] for b in convs) for i in range(spatial))
+        envelope = tuple(max(b.kernel[i] for b in convs if b.conv is not None) for i in range(spatial))
+        for b in convs:
+            if b.pool is not None and any(k > e for k, e in zip(b.kernel, envelope)):
+                b.reason = (f"AveragePool kernel {_dims(b.kernel)} is larger than the Convs' {_dims(envelope)} "
+                            "(merging would make the Conv bigger)")
+        convs = [b for b in convs if b.reason is None]
+        kernel = envelope
 
         def merged_pads(own_pads: list, m: tuple) -> list:
             grow = [(K - k) // 2 * d for K, k, d in zip(kernel, m, dilations)]
@@ -203,10 +229,8 @@ class MergeBranches:
                 b.reason = (f"pads {b.pads} don't centre its {_dims(b.kernel)} kernel like {ref.label}'s "
                             f"pads {ref.pads} (merged kernel {_dims(kernel)})")
         convs = [b for b in convs if b.reason is None]
-        channels_out, per_group = ref.weight.shape[0], ref.weight.shape[1]
-        channels_in = per_group * ra["group"]
         for b in group:
-            if b.conv is not None or b.reason is not None:
+            if not b.is_identity or b.reason is not None:
                 continue
             if any(s != 1 for s in ra["strides"]):
                 b.reason = f"identity branch needs stride 1 (the Convs have {ra['strides']})"
@@ -219,7 +243,7 @@ class MergeBranches:
                 b.reason = f"identity branch needs 'same' pads, the Convs have {pads}"
             elif b.scale is not None and b.scale.size != channels_in:
                 b.reason = f"BatchNormalization has {b.scale.size} channels, the input has {channels_in}"
-        merged = [b for b in group if b.reason is None and (b.conv is None or b in convs)]
+        merged = [b for b in group if b.reason is None and (b.is_identity or b in convs)]
         shapes = {tuple(b.term.shape) for b in merged if _static(b.term.shape)}
         if len(shapes) > 1:
             return f"branch outputs have different shapes {sorted(shapes)} (broadcast Add)"
@@ -265,27 +289,32 @@ class MergeBranches:
 # -------------------------------------------------------------------------------------------- helpers
 
 
-def _branches(graph: gs.Graph, term: gs.Tensor) -> list[Branch]:
-    """How `term` can be read as a branch: Conv(x), BN(Conv(x)), BN(x), else the identity of term.
+def _linear_kind(node: gs.Node) -> dict:
+    return {"conv": node} if node.op == "Conv" else {"pool": node}
 
-    A Conv (or BN) whose output isn't private to the sum is a declined branch of its input and, at
-    the same time, an identity branch of its own output (``t + Conv(t)`` still merges).
+
+def _branches(graph: gs.Graph, term: gs.Tensor) -> list[Branch]:
+    """How `term` can be read as a branch: Conv(x), BN(Conv(x)), AveragePool(x), BN(AveragePool(x)),
+    BN(x), else the identity of term.
+
+    A Conv (or BN, AveragePool) whose output isn't private to the sum is a declined branch of its input
+    and, at the same time, an identity branch of its own output (``t + Conv(t)`` still merges).
     """
     node = producer(term)
-    if node is None or not is_std(node, "Conv", "BatchNormalization") or not node.inputs:
+    if node is None or not is_std(node, *_LINEAR, "BatchNormalization") or not node.inputs:
         return [Branch(term, term)]
     private = sole_consumer(graph, term) is not None
-    if is_std(node, "Conv"):
+    if is_std(node, *_LINEAR):
         if private:
-            return [Branch(term, node.inputs[0], conv=node)]
-        return [Branch(term, node.inputs[0], conv=node, reason=_shared_reason(graph, "Conv", term)),
+            return [Branch(term, node.inputs[0], **_linear_kind(node))]
+        return [Branch(term, node.inputs[0], **_linear_kind(node), reason=_shared_reason(graph, node.op, term)),
                 Branch(term, term)]
     bn = node
     conv = producer(bn.inputs[0])
-    if conv is not None and is_std(conv, "Conv") and conv.inputs and sole_consumer(graph, bn.inputs[0]) is bn:
+    if conv is not None and is_std(conv, *_LINEAR) and conv.inputs and sole_consumer(graph, bn.inputs[0]) is bn:
         if private:
-            return [Branch(term, conv.inputs[0], conv=conv, bn=bn)]
-        return [Branch(term, conv.inputs[0], conv=conv, bn=bn,
+            return [Branch(term, conv.inputs[0], bn=bn, **_linear_kind(conv))]
+        return [Branch(term, conv.inputs[0], bn=bn, **_linear_kind(conv),
                        reason=_shared_reason(graph, "BatchNormalization", term)), Branch(term, term)]
     if private:
         return [Branch(term, bn.inputs[0], bn=bn)]
@@ -310,6 +339,8 @@ def _load(graph: gs.Graph, b: Branch) -> str | None:
         scale, shift = affine
     else:
         scale = shift = None
+    if b.pool is not None:
+        return _load_pool(b, scale, shift)
     if b.conv is None:
         b.scale, b.bias = scale, shift
         return None
@@ -346,6 +377,46 @@ def _load(graph: gs.Graph, b: Branch) -> str | None:
     b.weight, b.bias, b.pads = w64, bias, pads
     b.attrs = {"group": attrs["group"], "strides": attrs["strides"], "dilations": attrs["dilations"],
                "dtype": np_dtype(conv.inputs[1]) or weight.dtype}
+    return None
+
+
+def _load_pool(b: Branch, scale, shift) -> str | None:
+    """An AveragePool's kernel, pads and strides, or why it isn't a Conv with a uniform kernel."""
+    pool = b.pool
+    if "kernel_shape" not in pool.attrs:
+        return "AveragePool has no kernel_shape"
+    kernel = tuple(int(k) for k in pool.attrs["kernel_shape"])
+    spatial = len(kernel)
+    attrs = conv_attrs(pool, spatial)
+    if len(attrs["strides"]) != spatial or len(attrs["dilations"]) != spatial or len(attrs["pads"]) != 2 * spatial:
+        return "AveragePool attributes don't match its kernel's rank"
+    if int(pool.attrs.get("ceil_mode", 0)):
+        return "AveragePool with ceil_mode=1 (its last window may be cut short)"
+    pads = _explicit_pads(attrs, kernel, b.x)
+    if isinstance(pads, str):
+        return pads
+    if any(pads) and not int(pool.attrs.get("count_include_pad", 0)):
+        return ("AveragePool pads with count_include_pad=0: its border windows divide by fewer taps "
+                "than the kernel's, a Conv can't")
+    b.pool_kernel, b.pads, b.scale, b.bias = kernel, pads, scale, shift
+    b.attrs = {"strides": attrs["strides"], "dilations": attrs["dilations"]}
+    return None
+
+
+def _pool_as_conv(b: Branch, ref: Branch, channels_in: int) -> str | None:
+    """Give an AveragePool branch the kernel of a Conv with `ref`'s channels and group."""
+    channels_out, per_group = ref.weight.shape[:2]
+    if channels_out != channels_in:
+        return f"AveragePool branch needs as many output as input channels ({channels_out} vs {channels_in})"
+    if b.scale is not None and b.scale.size != channels_in:
+        return f"BatchNormalization has {b.scale.size} channels, the input has {channels_in}"
+    k = b.pool_kernel
+    tap = (np.ones(channels_out) if b.scale is None else b.scale) / float(np.prod(k))
+    weight = np.zeros((channels_out, per_group) + k, dtype=np.float64)
+    out = np.arange(channels_out)
+    weight[out, out % per_group] = tap.reshape((-1,) + (1,) * len(k))  # output c reads its own input c
+    b.weight = weight
+    b.attrs = {**b.attrs, "group": ref.attrs["group"], "dtype": ref.attrs["dtype"]}
     return None
 
 
@@ -396,7 +467,7 @@ def _build_conv(namer: Namer, plan: Plan, out: gs.Tensor) -> gs.Node:
     bias = np.zeros(m, dtype=np.float64)
     has_bias = False
     for b in plan.branches:
-        if b.conv is not None:
+        if b.weight is not None:  # a Conv, or an AveragePool made one
             offset = [(K - k) // 2 for K, k in zip(plan.kernel, b.kernel)]
             window = (slice(None), slice(None)) + tuple(slice(o, o + k) for o, k in zip(offset, b.kernel))
             weight[window] += b.weight
