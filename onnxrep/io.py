@@ -90,7 +90,7 @@ def check_model(model: onnx.ModelProto, label: str | os.PathLike = "model") -> N
     is the same graph to every rule of the checker except the tensor size check done here.
     """
     try:
-        onnx.checker.check_model(_structure_view(model))
+        onnx.checker.check_model(structure_view(model))
     except onnx.checker.ValidationError as exc:
         raise OnnxrepError(f"{label}: onnx.checker rejects the model: {_checker_summary(exc)}") from exc
     for tensor in model.graph.initializer:
@@ -99,7 +99,7 @@ def check_model(model: onnx.ModelProto, label: str | os.PathLike = "model") -> N
             raise OnnxrepError(f"{label}: onnx.checker rejects the model: tensor {tensor.name!r} {reason}")
 
 
-def _structure_view(model: onnx.ModelProto) -> onnx.ModelProto:
+def structure_view(model: onnx.ModelProto) -> onnx.ModelProto:
     view = onnx.ModelProto()
     _copy_fields(model, view, skip={"graph"})
     _copy_fields(model.graph, view.graph, skip={"initializer"})

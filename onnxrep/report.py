@@ -78,19 +78,12 @@ def count_macs(model: onnx.ModelProto, only: set[str] | None = None) -> int:
     """MACs of the top-level graph's linear ops, using shape inference on a weight-less view.
 
     only: count just the nodes whose first output is named in it (e.g. the part a pass removes)."""
-    stripped = []
-    for t in model.graph.initializer:  # shape inference needs dims, not bytes: don't copy the weights
-        # (small tensors stay: Split sizes, Reshape shapes, Resize scales are values inference reads)
-        if t.HasField("raw_data") and len(t.raw_data) >= 4096:
-            stripped.append((t, t.raw_data))
-            t.ClearField("raw_data")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    from onnxrep.io import structure_view
+
+    try:  # shape inference needs dims, not bytes: large weights become typed inputs in a light copy
+        inferred = onnx.shape_inference.infer_shapes(structure_view(model), check_type=False, strict_mode=False)
     except Exception:
         return 0
-    finally:
-        for t, raw in stripped:
-            t.raw_data = raw
     g = inferred.graph
     shapes = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
