@@ -349,7 +349,7 @@ def test_random_ops_not_folded():
 
 
 def test_dynamo_zero_bias_chain_folded():
-    """Raw dynamo: Conv bias = Expand(CastLike(0, x), Shape(w)[0:1]): a constant, so an initializer."""
+    """Raw dynamo: Conv bias = Expand(CastLike(0, x), Shape(w)[0:1]): a constant zero, so no bias at all."""
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("CastLike", ["zero", "x"], ["z"]), helper.make_node("Shape", ["w"], ["ws"], start=0, end=1),
              helper.make_node("Expand", ["z", "ws"], ["b"]), helper.make_node("Conv", ["x", "w", "b"], ["y"])]
@@ -357,8 +357,7 @@ def test_dynamo_zero_bias_chain_folded():
     model = make_model(nodes, [vi("x", shape=[1, 2, 3, 3])], [vi("y", shape=[1, 4, 3, 3])], inits, opset=18)
     result = run(model)
     assert ops(result.model) == ["Conv"]
-    bias = next(t for t in result.model.graph.initializer if t.name == result.model.graph.node[0].input[2])
-    assert bias.data_type == TensorProto.FLOAT and list(bias.dims) == [4]
+    assert list(result.model.graph.node[0].input) == ["x", "w"]
     assert_same(model, result.model)
 
 
@@ -836,3 +835,22 @@ def test_e2e_dynamic_batch_survives(kw):
 def test_e2e_larger_models(name, imgsz, variant):
     kw = E2E_VARIANTS.get(variant, {"exporter": variant})
     _check_targets(name, imgsz, kw)
+
+
+def test_zero_bias_is_dropped_and_nonzero_kept():
+    from onnx import helper as h
+
+    from tests.graphs import init, make_model, vi
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [h.make_node("Conv", ["x", "W", "zero"], ["a"], pads=[1, 1, 1, 1]),
+             h.make_node("Conv", ["a", "W2", "b"], ["y"], pads=[1, 1, 1, 1])]
+    model = make_model(nodes, [vi("x", shape=[1, 3, 5, 5])], [vi("y")],
+                       [init("W", w), init("zero", np.zeros(4, np.float32)),
+                        init("W2", rng.standard_normal((2, 4, 3, 3)).astype(np.float32)),
+                        init("b", np.array([0.0, 1e-3], np.float32))])
+    result = onnxrep.optimize(model)
+    assert result.ok and result.verification.ran
+    convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
+    assert [len(n.input) for n in convs] == [2, 3]

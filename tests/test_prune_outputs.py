@@ -539,13 +539,8 @@ def test_yolov9_becomes_its_converted_form(name, kw):
     _check_against_converted(name, kw)
 
 
-_RAW_DYNAMO_BIAS = pytest.mark.xfail(strict=False, reason="not pruning: raw dynamo gives the bias-less DFL Conv a "
-                                     "computed zero bias, which the pipeline keeps as a 1-element initializer")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name, kw", [pytest.param(n, k, marks=[_RAW_DYNAMO_BIAS] if k.get("exporter") == "dynamo-raw"
-                                                   else []) for n, k in _SLOW],
+@pytest.mark.parametrize("name, kw", _SLOW,
                          ids=[f"{n}-{'-'.join(map(str, k.values()))}" for n, k in _SLOW])
 def test_yolov9_becomes_its_converted_form_all(name, kw):
     _check_against_converted(name, kw)

@@ -26,7 +26,7 @@ from onnxrep.passes.cleanup_chains import merge_chains
 from onnxrep.passes.cleanup_constants import fold_constants
 from onnxrep.passes.cleanup_dedup import dedup_initializers, merge_duplicate_nodes
 from onnxrep.passes.cleanup_infer import infer_types
-from onnxrep.passes.cleanup_noops import remove_noops
+from onnxrep.passes.cleanup_noops import drop_zero_biases, remove_noops
 from onnxrep.passes.cleanup_sequences import split_sequences
 from onnxrep.passes.cleanup_value_info import refresh_value_info
 
@@ -57,6 +57,7 @@ class Canonicalize:
             split_sequences(graph, types, namer, result, stats)
             merge_chains(graph, types, namer, result, stats)
             remove_noops(graph, types, result, stats)
+            drop_zero_biases(graph, result, stats)
             if result.count == before:
                 break
         result.info["canonicalize"] = dict(sorted(stats.items()))

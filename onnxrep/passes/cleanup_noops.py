@@ -10,7 +10,8 @@ Before ⇒ after: ``x -> Identity -> y -> ...``  ⇒  ``x -> ...``. A node is a 
   * Expand whose target shape broadcasts to the input's own shape (works with a symbolic batch: 1s and equal
     static dims only);
   * Add/Sub of zeros, Mul/Div of ones, when the constant's broadcast changes neither shape nor type
-    (the only difference is -0.0 + 0.0 = +0.0).
+    (the only difference is -0.0 + 0.0 = +0.0); likewise an all-zero Conv/ConvTranspose/Gemm bias input
+    is dropped (drop_zero_biases).
 
 Graph outputs keep their names: when ``y`` is a graph output, ``x``'s producer is re-pointed to write ``y``
 and ``x``'s other readers read ``y``; when ``x`` is a graph input, a graph output or a constant, the node stays.
@@ -81,6 +82,21 @@ def remove_noops(graph: gs.Graph, types: Types, result: PassResult, stats: dict)
                 result.decline(node, f"{node.op} is a no-op but stays: {reason}")
                 continue
             stats[node.op] = stats.get(node.op, 0) + 1
+            result.applied()
+
+
+def drop_zero_biases(graph: gs.Graph, result: PassResult, stats: dict) -> None:
+    """Conv/ConvTranspose/Gemm with an all-zero constant bias  =>  the same node without it (raw dynamo
+    exports feed bias-less Convs a computed zero bias; left in, it is one more tensor than the deploy form)."""
+    for g in iter_graphs(graph):
+        for node in g.nodes:
+            if not is_std(node, "Conv", "ConvTranspose", "Gemm") or len(node.inputs) < 3 or not node.inputs[2].name:
+                continue
+            bias = _const(node, 2)
+            if bias is None or bias.size == 0 or np.any(bias != 0):
+                continue
+            node.inputs.pop(2)
+            stats["zero bias"] = stats.get("zero bias", 0) + 1
             result.applied()
 
 
