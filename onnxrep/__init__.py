@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -106,14 +105,9 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
     step = on_step or (lambda _msg: None)
     seconds = {}
     t0 = time.perf_counter()
-    if isinstance(model_or_path, (str, os.PathLike)):
-        step("loading")
-        original, info = _io.load(model_or_path)
-        label, file_bytes = str(model_or_path), info.file_bytes
-    elif isinstance(model_or_path, onnx.ModelProto):
-        original, label, file_bytes, info = model_or_path, "<model>", None, None
-    else:
-        raise TypeError("optimize() takes an onnx.ModelProto or a path")
+    step("loading")
+    original, info, label = _io.load_any(model_or_path)
+    file_bytes = info.file_bytes if info else None
     seconds["load"] = time.perf_counter() - t0
 
     try:

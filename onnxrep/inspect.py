@@ -10,7 +10,6 @@ same options ``optimize`` would get, so ``inspect`` and ``optimize`` can't disag
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -101,16 +100,10 @@ def inspect(model_or_path, *, aux: str = "auto", keep_outputs=(), drop_outputs=(
     step = on_step or (lambda _msg: None)
     seconds = {}
     t0 = time.perf_counter()
-    if isinstance(model_or_path, (str, os.PathLike)):
-        step("loading")
-        model, info = _io.load(model_or_path)
-        label, file_bytes = str(model_or_path), info.file_bytes
-    elif isinstance(model_or_path, onnx.ModelProto):
-        model = onnx.ModelProto()
-        model.CopyFrom(model_or_path)  # the dry run must not be able to touch the caller's model
-        label, file_bytes = "<model>", None
-    else:
-        raise TypeError("inspect() takes an onnx.ModelProto or a path")
+    step("loading")
+    # a copy of an in-memory model: the dry run must not be able to touch the caller's model
+    model, info, label = _io.load_any(model_or_path, copy=True)
+    file_bytes = info.file_bytes if info else None
     seconds["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -82,6 +82,20 @@ def _parse(path: Path) -> onnx.ModelProto:
     return model
 
 
+def load_any(model_or_path, copy: bool = False) -> tuple[onnx.ModelProto, LoadInfo | None, str]:
+    """(model, load info or None, label) for a path or an in-memory ModelProto (copied if `copy`)."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model, info = load(model_or_path)
+        return model, info, str(model_or_path)
+    if isinstance(model_or_path, onnx.ModelProto):
+        if copy:
+            model = onnx.ModelProto()
+            model.CopyFrom(model_or_path)
+            return model, None, "<model>"
+        return model_or_path, None, "<model>"
+    raise TypeError("expected an onnx.ModelProto or a path")
+
+
 def check_model(model: onnx.ModelProto, label: str | os.PathLike = "model") -> None:
     """onnx.checker on the model's structure, and our own check of every tensor's byte count.
 

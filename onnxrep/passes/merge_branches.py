@@ -214,8 +214,8 @@ class MergeBranches:
         envelope = tuple(max(b.kernel[i] for b in convs if b.conv is not None) for i in range(spatial))
         for b in convs:
             if b.pool is not None and any(k > e for k, e in zip(b.kernel, envelope)):
-                b.reason = (f"AveragePool kernel {_dims(b.kernel)} is larger than the Convs' {_dims(envelope)} "
-                            "(merging would make the Conv bigger)")
+                b.reason = (f"AveragePool kernel {_dims(b.kernel)} is larger than the Convs' "
+                            f"{_dims(envelope)} (merging would make the Conv bigger)")
         convs = [b for b in convs if b.reason is None]
         kernel = envelope
 
@@ -307,14 +307,15 @@ def _branches(graph: gs.Graph, term: gs.Tensor) -> list[Branch]:
     if is_std(node, *_LINEAR):
         if private:
             return [Branch(term, node.inputs[0], **_linear_kind(node))]
-        return [Branch(term, node.inputs[0], **_linear_kind(node), reason=_shared_reason(graph, node.op, term)),
-                Branch(term, term)]
+        return [Branch(term, node.inputs[0], **_linear_kind(node),
+                       reason=_shared_reason(graph, node.op, term)), Branch(term, term)]
     bn = node
-    conv = producer(bn.inputs[0])
-    if conv is not None and is_std(conv, *_LINEAR) and conv.inputs and sole_consumer(graph, bn.inputs[0]) is bn:
+    inner = producer(bn.inputs[0])
+    if (inner is not None and is_std(inner, *_LINEAR) and inner.inputs
+            and sole_consumer(graph, bn.inputs[0]) is bn):
         if private:
-            return [Branch(term, conv.inputs[0], bn=bn, **_linear_kind(conv))]
-        return [Branch(term, conv.inputs[0], bn=bn, **_linear_kind(conv),
+            return [Branch(term, inner.inputs[0], bn=bn, **_linear_kind(inner))]
+        return [Branch(term, inner.inputs[0], bn=bn, **_linear_kind(inner),
                        reason=_shared_reason(graph, "BatchNormalization", term)), Branch(term, term)]
     if private:
         return [Branch(term, bn.inputs[0], bn=bn)]
@@ -388,7 +389,8 @@ def _load_pool(b: Branch, scale, shift) -> str | None:
     kernel = tuple(int(k) for k in pool.attrs["kernel_shape"])
     spatial = len(kernel)
     attrs = conv_attrs(pool, spatial)
-    if len(attrs["strides"]) != spatial or len(attrs["dilations"]) != spatial or len(attrs["pads"]) != 2 * spatial:
+    ranks = (len(attrs["strides"]), len(attrs["dilations"]), len(attrs["pads"]))
+    if ranks != (spatial, spatial, 2 * spatial):
         return "AveragePool attributes don't match its kernel's rank"
     if int(pool.attrs.get("ceil_mode", 0)):
         return "AveragePool with ceil_mode=1 (its last window may be cut short)"

@@ -418,7 +418,7 @@ def cut_shape_reads(graph: gs.Graph, keep: list, twins: dict | None = None,
     image's batch axis, through shape-preserving ops), preferring x's twin in the kept head; failing
     that, a fully static shape becomes a constant. Returns (reads moved, tensors still read).
     """
-    nodes, _ = _value_cone(keep)
+    nodes, _ = _cone(None, keep, through_shapes=False)
     reads = [n for n in nodes.values() if is_std(n, *_SHAPE_OPS) and n.inputs and not _available(n.inputs[0], nodes)]
     if not reads:
         return 0, []
@@ -466,23 +466,6 @@ def _cut(graph, reads, twins, shapes, origin, namer, kept_values) -> tuple[int, 
 def _available(t: gs.Tensor, nodes: dict) -> bool:
     p = producer(t)
     return isinstance(t, gs.Constant) or p is None or id(p) in nodes
-
-
-def _value_cone(tensors) -> tuple[dict, dict]:
-    """Like _cone, but a Shape/Size node's input is not followed: only its dimensions are needed."""
-    nodes, seen = {}, {}
-    stack = list(tensors)
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen[id(t)] = t
-        p = producer(t)
-        if p is not None and id(p) not in nodes:
-            nodes[id(p)] = p
-            if not is_std(p, *_SHAPE_OPS):
-                stack.extend(_node_inputs(p))
-    return nodes, seen
 
 
 def _axes_read(s: gs.Node, rank: int | None) -> list[int] | None:
@@ -806,8 +789,9 @@ def _node_inputs(node: gs.Node) -> list:
     return found
 
 
-def _cone(graph: gs.Graph, tensors) -> tuple[dict, dict]:
-    """(nodes, tensors) that `tensors` depend on, keyed by id()."""
+def _cone(graph: gs.Graph | None, tensors, through_shapes: bool = True) -> tuple[dict, dict]:
+    """(nodes, tensors) that `tensors` depend on, keyed by id(). through_shapes=False: a Shape/Size
+    node's input is not followed (only its dimensions are needed, not its values)."""
     nodes, seen = {}, {}
     stack = list(tensors)
     while stack:
@@ -818,7 +802,8 @@ def _cone(graph: gs.Graph, tensors) -> tuple[dict, dict]:
         p = producer(t)
         if p is not None and id(p) not in nodes:
             nodes[id(p)] = p
-            stack.extend(_node_inputs(p))
+            if through_shapes or not is_std(p, *_SHAPE_OPS):
+                stack.extend(_node_inputs(p))
     return nodes, seen
 
 
