@@ -1,7 +1,8 @@
 """Before/after figures of a model, and the report as a text table or JSON.
 
 "parameters" counts what PyTorch would call parameters: weights and biases of Conv, ConvTranspose, Gemm
-and MatMul, plus the learnable scale and bias of BatchNormalization (not its running statistics). For
+and MatMul (a MatMul's bias being the constant of the Add after it), plus the learnable scale and bias of
+BatchNormalization (not its running statistics). For
 a folded YOLOv9 model this equals the Conv weight+bias count of yolov9-graphs.md section 3.
 MACs are multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul at the model's static shapes (a
 symbolic dimension counts as 1).
@@ -57,11 +58,12 @@ def count_parameters(graph: onnx.GraphProto) -> int:
     total = 0
     for g in _graphs(graph):
         shapes = _const_shapes(g)
+        matmuls = {n.output[0] for n in g.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in shapes}
         for node in g.node:
-            if node.op_type in _LINEAR_OPS:
+            if node.op_type in _LINEAR_OPS or node.op_type == "BatchNormalization":
                 names = node.input[1:3]
-            elif node.op_type == "BatchNormalization":
-                names = node.input[1:3]
+            elif node.op_type == "Add" and any(i in matmuls for i in node.input):
+                names = node.input  # a Linear exported as MatMul + Add: the Add's constant is its bias
             else:
                 continue
             total += sum(int(np.prod(shapes[n])) for n in names if n in shapes)

@@ -40,3 +40,16 @@ def test_report_text_and_json():
     data = json.loads(json.dumps(result.report.to_dict()))
     assert data["before"]["batchnorm"] == 1 and data["after"]["batchnorm"] == 0
     assert np.isfinite(data["verification"]["outputs"][0]["max_abs"])
+
+
+def test_linear_counts_the_same_as_gemm_or_matmul_plus_add():
+    from onnx import helper
+
+    from tests.graphs import init, make_model, vi
+
+    w, b = np.ones((5, 3), np.float32), np.ones(3, np.float32)
+    gemm = make_model([helper.make_node("Gemm", ["x", "W", "b"], ["y"])], [vi("x", shape=[2, 5])], [vi("y")],
+                      [init("W", w), init("b", b)])
+    matmul = make_model([helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+                        [vi("x", shape=[2, 5])], [vi("y")], [init("W", w), init("b", b)])
+    assert model_stats(gemm).parameters == model_stats(matmul).parameters == 5 * 3 + 3

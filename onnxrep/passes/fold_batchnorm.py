@@ -188,7 +188,9 @@ class FoldBatchNorm:
                     result.applied()
                     break
                 else:
-                    result.decline(bn, "; ".join(reasons) if reasons else self.nothing_to_fold(g, bn))
+                    affine = bn_scale_shift(bn)  # a reason of its own beats "nothing to fold into"
+                    reasons = reasons or [affine if isinstance(affine, str) else self.nothing_to_fold(g, bn)]
+                    result.decline(bn, "; ".join(reasons))
         return result
 
     @staticmethod

@@ -84,6 +84,22 @@ def _matmul_add(tensor: gs.Tensor):
     return None
 
 
+def _bias_add(graph: gs.Graph, node: gs.Node):
+    """(Add, index of its constant operand, that constant) when MatMul's output only feeds Add(y, bias)
+    with a per-output-column bias; else None."""
+    out = node.outputs[0]
+    if private_link(graph, out, node.op) is not None:
+        return None
+    add = out.outputs[0]
+    if not is_std(add, "Add") or len(add.inputs) != 2:
+        return None
+    k = 1 if add.inputs[0] is out else 0
+    bias = const_value(add.inputs[k])
+    if bias is None or bias.ndim > 1 and any(d != 1 for d in bias.shape[:-1]):
+        return None  # only a bias that broadcasts along the feature axis, as Linear's does
+    return add, k, bias.reshape(-1)
+
+
 class LinearThenBatchNorm:
     label = "Gemm/MatMul -> BatchNormalization"
 
@@ -168,11 +184,14 @@ class BatchNormThenLinear:
             return affine
         if affine[0].size != b.shape[0]:
             return f"BatchNormalization has {affine[0].size} channels, {node.op} has {b.shape[0]} inputs"
-        return b, c, alpha, beta, affine[0], affine[1]
+        bias_add = _bias_add(graph, node) if node.op == "MatMul" else None
+        if bias_add is not None:
+            c = bias_add[2]
+        return b, c, alpha, beta, affine[0], affine[1], bias_add
 
     @staticmethod
     def rewrite(namer: Namer, graph: gs.Graph, bn: gs.Node, node: gs.Node, checked) -> None:
-        b, c, alpha, beta, s, t = checked
+        b, c, alpha, beta, s, t, bias_add = checked
         dtype = dtype_of(node.inputs[1], b)
         new_b = _from_effective_b(node, s[:, None] * b)
         bias = alpha * (t @ b) + (0.0 if c is None else beta * np.asarray(c, np.float64))
@@ -185,6 +204,11 @@ class BatchNormThenLinear:
         if node.op == "Gemm":
             node.inputs = [x, weight, bias_t]
             node.attrs["beta"] = 1.0
+            return
+        if bias_add is not None:  # MatMul + Add(bias): t @ W joins the existing bias
+            add, k, _ = bias_add
+            node.inputs = [x, weight]
+            add.inputs[k] = bias_t
             return
         out = node.outputs[0]
         mid = gs.Variable(namer(f"{base}/matmul_bnfold"), dtype=out.dtype, shape=out.shape)
