@@ -142,11 +142,11 @@ def _size_mismatch(tensor: onnx.TensorProto) -> str | None:
 
 
 def _checker_summary(exc: Exception) -> str:
-    """The checker's message in one line, naming the node it complains about."""
+    """The checker's message in one line (it spreads the node's name and op over several)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    node = next((ln for ln in lines if ln.startswith("==> Context:")), "")
-    head = lines[0] if lines else type(exc).__name__
-    return f"{head} {node.replace('==> Context:', '(in').strip() + ')' if node else ''}".strip()
+    text = " ".join(ln.replace("==> Context:", "(in").rstrip(":") + (")" if ln.startswith("==> Context:") else "")
+                    for ln in lines) or type(exc).__name__
+    return text if len(text) <= 400 else text[:400] + "..."
 
 
 def _first_line(exc: Exception) -> str:
