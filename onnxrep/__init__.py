@@ -56,6 +56,11 @@ def from_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     g.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
     g.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
     interface = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for tensor in graph.inputs:  # an input with a default value (see graph.import_model)
+        default = getattr(tensor, "default", None)
+        if default is not None:
+            default.name = tensor.name
+            _export_constant(g, default)
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant):
             _export_constant(g, tensor)

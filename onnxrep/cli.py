@@ -75,6 +75,13 @@ def _split_list(value: str | None) -> tuple:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
+def _check_json_target(target: str | None) -> None:
+    if target and target != "-":
+        folder = Path(target).parent
+        if Path(target).is_dir() or not folder.is_dir():
+            raise OnnxrepError(f"--json {target}: not a file path in an existing folder")
+
+
 def _write_json(target: str, data: dict) -> None:
     text = json.dumps(data, indent=2, default=str)
     if target == "-":
@@ -204,6 +211,12 @@ def optimize(model, output, in_place, force, no_verify, passes, external_data, s
         raise OnnxrepError(f"output {out} is the input file: pass --in-place to overwrite it, or choose -o")
     if not out.parent.is_dir():
         raise OnnxrepError(f"output folder {str(out.parent)!r} does not exist")
+    # every other option is checked before anything is written: a bad one must leave no output behind
+    _check_json_target(json_path)
+    if bench_opts["bench"]:
+        from onnxrep import bench as bench_mod
+
+        bench_mod.parse_runtimes(bench_opts["runtimes"])
     progress = Progress(not quiet)
     try:
         result = onnxrep.optimize(model, passes=_split_list(passes) if passes else None, verify=not no_verify,
@@ -261,7 +274,7 @@ def verify(original, optimized, samples, seed, rtol, atol, scale_rtol, input_sha
         click.echo("\n".join(result.lines()))
     if json_path:
         _write_json(json_path, result.to_dict())
-    if not result.ok:
+    if not result.ok or not result.ran:  # nothing compared is nothing proven
         sys.exit(EXIT_VERIFY_FAILED)
 
 

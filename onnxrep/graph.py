@@ -54,17 +54,29 @@ class Namer:
 
 
 def import_model(model: onnx.ModelProto) -> gs.Graph:
-    """gs.import_onnx, marking initializers that are also graph inputs: the user may feed those, so
-    they are defaults, not constants (const_value returns None for them)."""
+    """gs.import_onnx, keeping initializers that are also graph inputs as what they are: inputs.
+
+    The user may feed those, so their initializer is only a default. gs would import them as constants
+    (and drop them from the inputs); here each becomes a graph-input Variable whose ``default`` holds the
+    constant, so no pass can fold, merge or de-duplicate it, and from_graph writes the default back.
+    """
     init_names = {t.name for t in model.graph.initializer}
     overridable = [vi.name for vi in model.graph.input if vi.name in init_names]
     graph = gs.import_onnx(model)
-    if overridable:  # gs drops such inputs from graph.inputs: put them back, or the interface changes
+    if overridable:
         tensors = graph.tensors()
         position = {vi.name: k for k, vi in enumerate(model.graph.input)}
         for name in overridable:
-            tensors[name].overridable = True
-            graph.inputs.append(tensors[name])
+            const = tensors[name]
+            var = gs.Variable(name, dtype=const.dtype, shape=list(const.shape))
+            var.default = const
+            for g in iter_graphs(graph):  # readers, including subgraphs reading it from the outer scope
+                for node in g.nodes:
+                    for i, t in enumerate(node.inputs):
+                        if t is const:
+                            node.inputs[i] = var
+            graph.outputs = [var if t is const else t for t in graph.outputs]
+            graph.inputs.append(var)
         graph.inputs.sort(key=lambda t: position.get(t.name, len(position)))
     return graph
 
@@ -148,12 +160,13 @@ def conv_attrs(node: gs.Node, spatial: int) -> dict:
 def const_value(tensor: gs.Tensor | None, _depth: int = 0) -> np.ndarray | None:
     """The value of `tensor` if it is a compile-time constant, else None.
 
-    Graph inputs are never constant, even when they have an initializer (the user may feed them).
+    Graph inputs are never constant, even when they have an initializer (import_model makes those
+    Variables, so they fall out here like any other input).
     """
     if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
-        return None if getattr(tensor, "overridable", False) else peek(tensor)
+        return peek(tensor)
     node = producer(tensor)
     if node is None or _depth > _MAX_FOLD_DEPTH or not is_std(node):
         return None

@@ -249,6 +249,12 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
     return written
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _copy_fields(src, dst, skip: set[str]) -> None:
     """Copy every set field of a protobuf message except `skip` (cheap when the skipped ones are the big ones)."""
     for field, value in src.ListFields():
@@ -325,7 +331,10 @@ def _store_external(tensor: onnx.TensorProto, raw: bytes, data_fh, location: str
 
 def _tempfile(folder: Path, name: str, temps: list[Path]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    try:  # mkstemp makes it 0600; a model is an ordinary file, readable as the umask allows
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     temps.append(Path(tmp))
     return Path(tmp)
 

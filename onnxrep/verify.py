@@ -124,11 +124,18 @@ def make_inputs(model: onnx.ModelProto, samples: int = 1, seed: int = 0, shapes:
     if unknown:
         raise OnnxrepError(f"--input-shape names unknown input(s) {sorted(unknown)}; "
                            f"inputs are {[i.name for i in model.graph.input if i.name not in init_names]}")
+    defaults = {t.name: t for t in model.graph.initializer}
     feeds = []
     for _ in range(samples):
         feed = {}
         for vi in model.graph.input:
             if vi.name in init_names:
+                # an input with a default: feed a different float value, or an optimizer that baked the
+                # default in as a constant would pass unnoticed (integer defaults are usually shapes: kept)
+                default = onnx.numpy_helper.to_array(defaults[vi.name])
+                if np.issubdtype(default.dtype, np.floating):
+                    feed[vi.name] = (default * rng.uniform(0.5, 1.5, default.shape) + rng.normal(0, 0.1, default.shape)
+                                     ).astype(default.dtype)
                 continue
             elem = vi.type.tensor_type.elem_type
             if not vi.type.HasField("tensor_type"):
@@ -141,7 +148,7 @@ def make_inputs(model: onnx.ModelProto, samples: int = 1, seed: int = 0, shapes:
                 value = rng.random(shape) < 0.5
             else:
                 value = rng.integers(0, 4, size=shape).astype(dtype)
-            feed[vi.name] = value
+            feed[vi.name] = np.asarray(value)  # rank 0 too: onnxruntime wants arrays, not numpy scalars
         feeds.append(feed)
     return feeds
 
@@ -152,6 +159,31 @@ def load_input_data(path: str | os.PathLike) -> list[dict]:
             return [{k: data[k] for k in data.files}]
     except Exception as exc:
         raise OnnxrepError(f"--input-data {path}: cannot read as .npz ({exc})") from exc
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+              "tensor(bool)": np.bool_, "tensor(int16)": np.int16, "tensor(uint16)": np.uint16}
+
+
+def check_feeds(feeds: list[dict], session) -> None:
+    """Inputs that don't fit the model are the user's mistake (exit 2), not a reason to skip verification."""
+    spec = {i.name: i for i in list(session.get_inputs()) + list(session.get_overridable_initializers())}
+    for feed in feeds:
+        unknown = sorted(set(feed) - set(spec))
+        if unknown:
+            raise OnnxrepError(f"input data names unknown input(s) {unknown}; the model's inputs are {sorted(spec)}")
+        for name, value in feed.items():
+            want = _ORT_TYPES.get(spec[name].type)
+            if want is not None and np.asarray(value).dtype != want:
+                raise OnnxrepError(f"input {name!r}: data is {np.asarray(value).dtype}, the model wants {np.dtype(want).name}")
+            rank = len(spec[name].shape)
+            if np.ndim(value) != rank:
+                raise OnnxrepError(f"input {name!r}: data has rank {np.ndim(value)}, the model wants rank {rank} "
+                                   f"{spec[name].shape}")
+            for axis, (have, need) in enumerate(zip(np.shape(value), spec[name].shape)):
+                if isinstance(need, int) and need > 0 and have != need:
+                    raise OnnxrepError(f"input {name!r}: data has {have} on axis {axis}, the model wants {need}")
 
 
 def _session(model: onnx.ModelProto | str | os.PathLike, workdir: str):
@@ -179,6 +211,9 @@ def compare(name: str, ref: np.ndarray, got: np.ndarray, rtol: float | None, ato
     rtol = drt if rtol is None else rtol
     atol = dat if atol is None else atol
     scale_rtol = dsr if scale_rtol is None else scale_rtol
+    if ref.dtype != got.dtype:
+        return OutputCheck(name, list(ref.shape), float("inf"), float("inf"), rtol, atol, False,
+                           message=f"dtype {got.dtype} != original {ref.dtype}")
     if ref.shape != got.shape:
         return OutputCheck(name, list(ref.shape), float("inf"), float("inf"), rtol, atol, False,
                            message=f"shape {list(got.shape)} != original {list(ref.shape)}")
@@ -236,11 +271,12 @@ def verify(original, optimized, *, samples: int = 1, seed: int = 0, shapes: dict
         taken = set(renamed.values()) - set(renamed)
         pairs = [(n, renamed.get(n, n)) for n in ref_outputs
                  if renamed.get(n, n) in new_outputs and (n in renamed or n not in taken)]
-        if not pairs:
-            return Verification(ran=False, ok=True, skipped_reason="no output is present in both models")
+        if not pairs:  # an optimizer always keeps at least one of the original's outputs
+            return Verification(ran=True, ok=False, skipped_reason="no output of the original is in the optimized model")
         if feeds is None:
             ref_model = original if isinstance(original, onnx.ModelProto) else onnx.load(str(original), load_external_data=False)
             feeds = make_inputs(ref_model, samples, seed, shapes)
+        check_feeds(feeds, ref_sess)
         checks: dict[str, OutputCheck] = {}
         for feed in feeds:
             try:

@@ -209,3 +209,92 @@ def test_bfloat16_model_folds_and_keeps_its_dtype(tmp_path):
     a = ReferenceEvaluator(model).run(None, {"x": x})[0].astype(np.float32)
     b = ReferenceEvaluator(out).run(None, {"x": x})[0].astype(np.float32)
     np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-2)
+
+
+# ------------------------------------------------------------------------- found in review (regressions)
+
+
+def _input_with_default(nodes, inits, extra_inputs=()):
+    g = helper.make_graph(nodes, "g", [vi("x", shape=[1, 4]), vi("s", shape=[1]), *extra_inputs], [vi("y", shape=[1, 4])],
+                          inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _run(model, feed):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_an_input_with_a_default_is_never_folded():
+    model = _input_with_default([helper.make_node("Add", ["s", "one"], ["s1"]), helper.make_node("Mul", ["x", "s1"], ["y"])],
+                                [init("s", np.array([2.0], np.float32)), init("one", np.array([1.0], np.float32))])
+    result = onnxrep.optimize(model)
+    assert result.ok and result.verification.ran
+    assert [i.name for i in result.model.graph.input] == ["x", "s"]
+    feed = {"x": np.ones((1, 4), np.float32), "s": np.array([5.0], np.float32)}
+    np.testing.assert_allclose(_run(result.model, feed), _run(model, feed))
+    np.testing.assert_allclose(_run(result.model, {"x": feed["x"]}), _run(model, {"x": feed["x"]}))  # default kept
+
+
+@pytest.mark.parametrize("order", [("k", "s"), ("s", "k")])
+def test_an_input_with_a_default_is_never_deduplicated(order):
+    model = _input_with_default(
+        [helper.make_node("Mul", ["x", order[0]], ["a"]), helper.make_node("Mul", ["x", order[1]], ["b"]),
+         helper.make_node("Sub", ["a", "b"], ["y"])],
+        [init("s", np.array([2.0], np.float32)), init("k", np.array([2.0], np.float32))])
+    result = onnxrep.optimize(model)
+    feed = {"x": np.ones((1, 4), np.float32), "s": np.array([5.0], np.float32)}
+    np.testing.assert_allclose(_run(result.model, feed), _run(model, feed))
+
+
+def test_verification_feeds_inputs_with_defaults():
+    from onnxrep.verify import make_inputs
+
+    model = _input_with_default([helper.make_node("Mul", ["x", "s"], ["y"])], [init("s", np.array([2.0], np.float32))])
+    (feed,) = make_inputs(model)
+    assert set(feed) == {"x", "s"} and feed["s"][0] != 2.0
+
+
+def test_scalar_bool_input_is_verified():
+    g = helper.make_graph([helper.make_node("Not", ["b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("b", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.BOOL, [])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = onnxrep.optimize(model)
+    assert result.verification.ran and result.ok
+
+
+@pytest.mark.parametrize("bad", ["name", "dtype", "rank"])
+def test_input_data_that_does_not_fit_is_exit_2_and_writes_nothing(tmp_path, model_path, bad):
+    x = np.random.default_rng(0).random((1, 4, 8, 8), dtype=np.float32)
+    data = {"name": {"wrong": x}, "dtype": {"x": x.astype(np.float64)}, "rank": {"x": x[0]}}[bad]
+    np.savez(tmp_path / "in.npz", **data)
+    for cmd in (["optimize", model_path, "-o", tmp_path / "o.onnx", "--input-data", tmp_path / "in.npz"],
+                ["verify", model_path, model_path, "--input-data", tmp_path / "in.npz"]):
+        result = run(*cmd)
+        assert result.exit_code == 2, result.output
+        one_error_line(result)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bad_json_path_or_runtime_writes_nothing(tmp_path, model_path):
+    for extra in (["--json", tmp_path / "no" / "r.json"], ["--bench", "--runtime", "bogus"]):
+        result = run("optimize", model_path, "-o", tmp_path / "o.onnx", *extra)
+        assert result.exit_code == 2
+        one_error_line(result)
+        assert not (tmp_path / "o.onnx").exists()
+
+
+def test_output_file_mode_follows_the_umask(tmp_path, model_path):
+    old = os.umask(0o022)
+    try:
+        assert run("optimize", model_path, "-o", tmp_path / "o.onnx", "-q").exit_code == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.onnx").stat().st_mode & 0o777 == 0o644
