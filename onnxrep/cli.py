@@ -233,7 +233,7 @@ def optimize(model, output, in_place, force, no_verify, passes, external_data, s
         report.after.file_bytes = io.save(result.model, out, external_data=use_external)
         report.output = str(out)
         progress.done()
-    if not quiet:
+    if not quiet and json_path != "-":  # `--json -` makes stdout the JSON, and nothing else
         click.echo(report.text(verbose=bool(verbose)))
     data = report.to_dict()
     if bench_opts["bench"] and report.output is None:

@@ -257,3 +257,9 @@ def test_extra_graph_input_with_initializer_kept():
     model.graph.input.append(helper.make_tensor_value_info("W", w.data_type, list(w.dims)))
     out = onnxrep.optimize(model, verify=False).model
     assert [i.name for i in out.graph.input] == ["x", "W"]
+
+
+def test_json_to_stdout_is_only_json(tmp_path, model_path):
+    result = CliRunner().invoke(main, ["optimize", str(model_path), "-o", str(tmp_path / "o.onnx"), "--json", "-"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["after"]["batchnorm"] == 0
