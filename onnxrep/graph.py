@@ -102,6 +102,19 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 
+def replace_input(reader: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    """`reader` reads `new` wherever it read `old`."""
+    for i, t in enumerate(reader.inputs):
+        if t is old:
+            reader.inputs[i] = new
+
+
+def redirect_readers(old: gs.Tensor, new: gs.Tensor, readers=None) -> None:
+    """Every reader of `old` (or just `readers`) reads `new` instead."""
+    for reader in list(old.outputs if readers is None else readers):
+        replace_input(reader, old, new)
+
+
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 

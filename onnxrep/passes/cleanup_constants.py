@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, evaluate_node, is_graph_output, is_std, iter_graphs, make_const, model_opset, producer
+from onnxrep.graph import Namer, evaluate_node, redirect_readers, is_graph_output, is_std, iter_graphs, make_const, model_opset, producer
 from onnxrep.passes.base import PassResult
 from onnxrep.passes.cleanup_infer import DimRoots, Types, _is_static, elem_type
 from onnxrep.passes.cleanup_noops import bypass
@@ -96,10 +96,7 @@ def _replace_with_constant(graph: gs.Graph, node: gs.Node, values: list[np.ndarr
             continue
         dtype = export_dtypes[k] if export_dtypes else None
         const = gs.Constant(out.name, np.asarray(value, order="C"), export_dtype=dtype)
-        for reader in list(out.outputs):
-            for i, t in enumerate(reader.inputs):
-                if t is out:
-                    reader.inputs[i] = const
+        redirect_readers(out, const)
     node.inputs.clear()
     node.outputs.clear()
 

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import const_bytes, is_graph_output, is_std, iter_graphs
+from onnxrep.graph import const_bytes, is_graph_output, is_std, iter_graphs, redirect_readers
 from onnxrep.passes.base import PassResult
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -47,10 +47,7 @@ def dedup_initializers(graph: gs.Graph, result: PassResult, stats: dict) -> None
                 first = canon.setdefault(key, t)
                 if first is t or data != const_bytes(first):
                     continue
-                for reader in [r for r in list(t.outputs) if any(n is r for n in g.nodes)]:
-                    for i, x in enumerate(reader.inputs):
-                        if x is t:
-                            reader.inputs[i] = first
+                redirect_readers(t, first, [r for r in t.outputs if any(n is r for n in g.nodes)])
                 stats["initializers"] = stats.get("initializers", 0) + 1
                 result.applied()
 
@@ -85,10 +82,7 @@ def merge_duplicate_nodes(graph: gs.Graph, result: PassResult, stats: dict) -> N
                     any(bool(a.name) != bool(b.name) for a, b in zip(kept.outputs, node.outputs)):
                 continue
             for mine, theirs in zip(node.outputs, kept.outputs):
-                for reader in list(mine.outputs):
-                    for i, t in enumerate(reader.inputs):
-                        if t is mine:
-                            reader.inputs[i] = theirs
+                redirect_readers(mine, theirs)
             node.inputs.clear()
             node.outputs.clear()
             stats["nodes"] = stats.get("nodes", 0) + 1

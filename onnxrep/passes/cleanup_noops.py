@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import const_value, is_graph_output, is_std, iter_graphs, model_opset, producer
+from onnxrep.graph import const_value, is_graph_output, is_std, iter_graphs, model_opset, producer, redirect_readers, replace_input
 from onnxrep.passes.base import PassResult
 from onnxrep.passes.cleanup_infer import Types, _is_static
 
@@ -44,13 +44,12 @@ def bypass(graph: gs.Graph, node: gs.Node, src: gs.Tensor, dst: gs.Tensor) -> st
             return "input is read by a subgraph"
         for reader in list(src.outputs):
             if reader is not node:
-                _replace_input(reader, src, dst)
+                replace_input(reader, src, dst)
         node.inputs.clear()
         node.outputs.clear()
         src_node.outputs[src_node.outputs.index(src)] = dst
         return None
-    for reader in list(dst.outputs):
-        _replace_input(reader, dst, src)
+    redirect_readers(dst, src)
     node.inputs.clear()
     node.outputs.clear()
     return None
@@ -58,12 +57,6 @@ def bypass(graph: gs.Graph, node: gs.Node, src: gs.Tensor, dst: gs.Tensor) -> st
 
 def _in_outer_scope(g: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for n in g.nodes for t in n.inputs)
-
-
-def _replace_input(reader: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    for i, t in enumerate(reader.inputs):
-        if t is old:
-            reader.inputs[i] = new
 
 
 def remove_noops(graph: gs.Graph, types: Types, result: PassResult, stats: dict) -> None:
