@@ -331,11 +331,14 @@ def plot(results: dict, path: Path) -> bool:
             ax.set_title(f"{model}: {title}" + (" (hatched: weights computed at run time, stored elements shown)"
                                                 if key == "parameters" else ""), fontsize=9)
             ax.grid(axis="y", alpha=0.3)
-            if i == 0:
-                ax.legend(fontsize=8, title="input form" if key == "latency" else None)
+            if i == 0 and key == "parameters":
+                handles, names_ = ax.get_legend_handles_labels()
+                fig.legend(handles, names_, loc="upper right", ncol=len(handles), fontsize=8, title="input form",
+                           bbox_to_anchor=(0.99, 0.995))
     fig.suptitle(f"onnxrep vs peers on YOLOv9 ({results['environment']['cpu']}, "
-                 f"{results['settings']['threads']} threads; latency bars: median, whiskers min–max)", fontsize=10)
-    fig.tight_layout()
+                 f"{results['settings']['threads']} threads; latency bars: median, whiskers min–max)", fontsize=10,
+                 x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
