@@ -40,12 +40,16 @@ class Net:
         self.unmerged = self.o.form in ("bn", "folded")
 
     # -- the Conv module and its pieces ---------------------------------------------------------
-    def conv2d(self, x, sc, w, b, k, s=1, g=1, p=None):
-        """One ONNX Conv, named like nn.Conv2d under scope `sc`."""
+    def conv2d(self, x, sc, w, b, k, s=1, g=1, p=None, computed=False):
+        """One ONNX Conv, named like nn.Conv2d under scope `sc`. computed: the weights were computed at
+        export (BN folded), which TorchScript names onnx::Conv_<n> rather than by the state dict."""
         p = k // 2 if p is None else p
-        inputs = [x, self.g.param(sc.pname("weight"), w)]
+        names = (sc.pname("weight"), sc.pname("bias"))
+        if computed and self.o.exporter_names:
+            names = (self.g.exporter_name("Conv"), self.g.exporter_name("Conv"))
+        inputs = [x, self.g.param(names[0], w)]
         if b is not None:
-            inputs.append(self.g.param(sc.pname("bias"), b))
+            inputs.append(self.g.param(names[1], b))
         elif self.o.dynamo_bias:
             inputs.append(self._dynamo_zero_bias(sc, x, inputs[1]))
         nd = w.ndim - 2
@@ -77,7 +81,7 @@ class Net:
             y = self._bn(y, sc.attr("bn"), bn)
         else:
             wf, bf = W.fold(w, bn)
-            y = self.conv2d(x.name, sc.attr("conv"), wf, bf, k, s, g)
+            y = self.conv2d(x.name, sc.attr("conv"), wf, bf, k, s, g, computed=True)
         if act:
             y = self.silu(y, sc.attr("act"))
             st = M.silu(st)
@@ -102,7 +106,7 @@ class Net:
             w3, bn3, st3 = self.params(x, sc.attr("conv1"), c2, 3)
             w1, bn1, st1 = self.params(x, sc.attr("conv2"), c2, 1)
             wf, bf = W.fuse_repconv(w3, bn3, w1, bn1)
-            y = self.conv2d(x.name, sc.attr("conv"), wf, bf, 3)
+            y = self.conv2d(x.name, sc.attr("conv"), wf, bf, 3, computed=True)
             st = st3 + st1
         return x.to(self.silu(y, sc.attr("act")), M.silu(st))
 

@@ -31,6 +31,7 @@ class Options:
     naming: str
     layout: str
     scales_value_floats: bool = False   # dynamo: Resize scales as Constant(value_floats=...)
+    exporter_names: bool = False        # TorchScript: computed tensors named onnx::<Op>_<n>, pooled constants
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class Graph:
         self._model = onnx.ModelProto()
         self._used = {}
         self._dedup = {}
+        self._pooled = {}
+        self._serial = 3000   # TorchScript numbers the tensors it creates; any start will do
 
     # -- naming ---------------------------------------------------------------------------------
     def _unique(self, name):
@@ -141,6 +144,22 @@ class Graph:
             t.dims.extend(a.shape)
             t.raw_data = a.tobytes()
         return name
+
+    def exporter_name(self, op_type):
+        """A tensor name as TorchScript makes them for what it computed (BN-folded weights): onnx::Conv_3017."""
+        self._serial += 1
+        return f"onnx::{op_type}_{self._serial}"
+
+    def pooled(self, op_type, array, as_node=False):
+        """One tensor for equal constants read by several nodes anywhere in the graph, as TorchScript's
+        constant pooling leaves them (e.g. the split sizes of both DualDDetect heads): the first call
+        emits it, named onnx::<op_type>_<n> (a Constant node with `as_node`), every later call reads it."""
+        a = self._cast(array)
+        key = (op_type, a.dtype.str, a.shape, a.tobytes())
+        if key not in self._pooled:
+            name = self.exporter_name(op_type)
+            self._pooled[key] = self._emit(name, a, as_node=as_node, dedup=False, node_name=f"Constant_{name}")
+        return self._pooled[key]
 
     def ints(self, where, values):
         return self.const(where, np.asarray(values, np.int64))

@@ -102,8 +102,9 @@ def ddetect(net, sc, halves, nc, out_names):
     for j, h in enumerate(halves):
         flat = [view(net, di, [("d", 0), no, -1], sc, shape) for di in d[j]]
         cat = g.node("Concat", flat, sc.op("Concat"), axis=2)
-        box, cls = g.node("Split", [cat, g.ints(_where(sc), [4 * REG_MAX, nc])], sc.op("Split"),
-                          n_out=2, axis=1)
+        # TorchScript pools the split sizes: both heads' Split read one onnx::Split_<n> initializer
+        sizes = g.pooled("Split", [4 * REG_MAX, nc]) if net.o.exporter_names else g.ints(_where(sc), [4 * REG_MAX, nc])
+        box, cls = g.node("Split", [cat, sizes], sc.op("Split"), n_out=2, axis=1)
         dist = dfl(net, box, sc.attr(h.dfl[0], h.dfl[1]), A)
         dbox = decode(net, dist, sc, anc, strides)
         sig = g.node("Sigmoid", [cls], sc.op("Sigmoid"))
@@ -153,7 +154,10 @@ def mit_detect(net, sc, halves, nc):
             anchor = g.node("Transpose", [r], s.op("Transpose"), perm=[0, 2, 1, 3, 4])
             v = g.node("Softmax", [anchor], s.op("Softmax"), axis=1)
             v = net.conv2d(v, s.attr("anc2vec"), W.dfl_weight(REG_MAX, 3), None, 1)   # Conv3d
-            vec = g.node("Gather", [v, g.ints(_where(s), 0)], s.op("Gather"), axis=1)  # [:, 0]
+            # [:, 0]; TorchScript pools the index: every level of both heads reads one Constant
+            index = g.pooled("Gather", 0, as_node=bool(net.o.constant_nodes)) if net.o.exporter_names \
+                else g.ints(_where(s), 0)
+            vec = g.node("Gather", [v, index], s.op("Gather"), axis=1)
             outs += [(cls.name, (nc, x.h, x.w)), (anchor, (REG_MAX, 4, x.h, x.w)), (vec, (4, x.h, x.w))]
     return outs
 

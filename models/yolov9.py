@@ -16,33 +16,35 @@ EXPORTERS = {
     # torch.onnx.export(dynamo=False), eval mode: BN folded, RepConv unmerged, Identity re-sharing,
     # Constant nodes for shapes/axes/scales, view() as Shape chains, stack+sum as ReduceSum.
     "torchscript": dict(form="folded", identity_dedup=True, constant_nodes="small", shape_chains=True,
-                        cbfuse="reducesum", opset=17),
+                        cbfuse="reducesum", opset=17, exporter_names=True),
     # the official export script: model fused first, then as torchscript; second output a number.
     "official": dict(form="fused", identity_dedup=True, constant_nodes="small", shape_chains=True,
-                     cbfuse="reducesum", opset=17, naming="official"),
+                     cbfuse="reducesum", opset=17, naming="official", exporter_names=True),
     # torch.onnx.export(dynamo=True) (default since 2.9): BN folded by its optimizer, opset 18.
     "dynamo": dict(form="folded", opset=18, cbfuse="reducesum"),
     # dynamo with optimize=False: BN kept, computed zero biases, Constant nodes, value_floats scales.
     "dynamo-raw": dict(form="bn", dynamo_bias=True, constant_nodes="small", scales_value_floats=True,
                        cbfuse="reducesum", opset=18),
-    # MultimediaTechLab YOLO: 18 raw outputs, Main first, input 'input' with a dynamic batch.
-    "mit": dict(layout="mit"),
+    # MultimediaTechLab YOLO (TorchScript): 18 raw outputs, Main first, input 'input' with a dynamic batch;
+    # the AUX head's fixed anc2vec weight an Identity of the Main head's, one pooled Gather index.
+    "mit": dict(layout="mit", form="folded", identity_dedup=True, constant_nodes="small", exporter_names=True),
 }
 # Presets whose real files keep their weights in <model>.onnx.data (the CLI saves them that way).
 EXTERNAL_DATA_EXPORTERS = ("dynamo", "dynamo-raw")
 
 _DEFAULTS = dict(form="bn", batch=1, opset=17, identity_dedup=False, constant_nodes=False,
                  shape_chains=False, dynamo_bias=False, cbfuse="add", naming="default",
-                 layout="ultralytics", scales_value_floats=False)
+                 layout="ultralytics", scales_value_floats=False, exporter_names=False)
 
 
 def build(name, form=None, *, imgsz=640, nc=80, seed=0, batch=None, opset=None, dtype="float32",
           exporter=None, identity_dedup=None, constant_nodes=None, shape_chains=None, dynamo_bias=None,
-          cbfuse=None, naming=None, layout=None, scales_value_floats=None):
+          cbfuse=None, naming=None, layout=None, scales_value_floats=None, exporter_names=None):
     """Build a YOLOv9-family ONNX model (see models/__init__.py for the options)."""
     given = dict(form=form, batch=batch, opset=opset, identity_dedup=identity_dedup,
                  constant_nodes=constant_nodes, shape_chains=shape_chains, dynamo_bias=dynamo_bias,
-                 cbfuse=cbfuse, naming=naming, layout=layout, scales_value_floats=scales_value_floats)
+                 cbfuse=cbfuse, naming=naming, layout=layout, scales_value_floats=scales_value_floats,
+                 exporter_names=exporter_names)
     if exporter is not None and exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter preset {exporter!r}; choose from {', '.join(EXPORTERS)}")
     preset = EXPORTERS.get(exporter, {})
@@ -149,7 +151,11 @@ class _Builder:
             halves = [Half(ins, ("cv2", "cv4"), ("cv3", "cv5"), ("dfl", "dfl2"))]
         if o.layout == "mit":
             outs = mit_detect(self.net, sc, halves[::-1], o.nc)    # Main first, then AUX
-            return self._rename(outs, ["output"] + [None] * (len(outs) - 1))
+            # only the first output is named; TorchScript names an output read by a Softmax (each level's
+            # anchor tensor) onnx::Softmax_<n> and the rest by number
+            names = ["output"] + [self.g.exporter_name("Softmax") if o.exporter_names and k % 3 == 1 else None
+                                  for k in range(1, len(outs))]
+            return self._rename(outs, names)
         A = sum((o.imgsz[0] // s) * (o.imgsz[1] // s) for s in (8, 16, 32))
         names = [f"output{i}" for i in range(len(halves))]
         if o.naming == "official":

@@ -76,18 +76,56 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int] | None:
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
 
 
+def _inferred(view: onnx.ModelProto) -> tuple[onnx.GraphProto, dict, int]:
+    """(graph, name -> dims with symbolic dims as 1, how many linear ops have an output size inference
+    could not tell beyond the batch axis)."""
+    inferred = onnx.shape_inference.infer_shapes(view, check_type=False, strict_mode=False, data_prop=True)
+    g = inferred.graph
+    values = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    unknown = 0
+    for node in g.node:
+        if node.op_type in _LINEAR_OPS:
+            vi = values.get(node.output[0])
+            dims = vi.type.tensor_type.shape.dim if vi is not None and vi.type.tensor_type.HasField("shape") else None
+            unknown += dims is None or any(not (d.HasField("dim_value") and d.dim_value > 0) for d in list(dims)[1:])
+    return g, {name: _dims(vi) for name, vi in values.items()}, unknown
+
+
+def _canonical_view(view: onnx.ModelProto) -> onnx.ModelProto:
+    """The weight-less view after the canonicalize pass: shape arithmetic that ONNX data propagation can't
+    follow (a chunk size computed with Div, TorchScript's dynamic-batch exports) folded where it is static."""
+    import onnx_graphsurgeon as gs
+
+    from onnxrep.graph import model_opset
+    from onnxrep.passes import eliminate_dead_code
+    from onnxrep.passes.base import Context
+    from onnxrep.passes.cleanup import Canonicalize
+    from onnxrep.passes.cleanup_infer import weightless_view
+
+    graph = gs.import_onnx(view)
+    Canonicalize().run(graph, Context(opset=model_opset(graph)))
+    eliminate_dead_code(graph)
+    return weightless_view(graph)
+
+
 def count_macs(model: onnx.ModelProto, only: set[str] | None = None) -> int:
     """MACs of the top-level graph's linear ops, using shape inference on a weight-less view.
 
     only: count just the nodes whose first output is named in it (e.g. the part a pass removes)."""
     from onnxrep.io import structure_view
+    from onnxrep.passes.cleanup_infer import lift_constant_nodes
 
     try:  # shape inference needs dims, not bytes: large weights become typed inputs in a light copy
-        inferred = onnx.shape_inference.infer_shapes(structure_view(model), check_type=False, strict_mode=False)
+        view = structure_view(model)
+        lift_constant_nodes(view.graph)
+        g, shapes, unknown = _inferred(view)
+        if unknown:   # try again with the shape arithmetic folded; keep whichever knows more
+            better = _inferred(_canonical_view(view))
+            if better[2] < unknown:
+                g, shapes, unknown = better
     except Exception:
         return 0
-    g = inferred.graph
-    shapes = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    shapes = {k: v for k, v in shapes.items() if v is not None}
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     shapes.update({k: list(v) for k, v in _const_shapes(model.graph).items()})
     total = 0

@@ -52,7 +52,7 @@ class Toy:
     def trunk(self, cin=3, cout=8):
         return self.conv(self.conv("images", cin, cout, stride=2), cout, cout)
 
-    def head(self, x, cin, width, convs=2, anchors=64, shape_from=None):
+    def head(self, x, cin, width, convs=2, anchors=64, shape_from=None, stride=None):
         """DualDDetect-like: box and class conv chains, flattened, Concat(box, Sigmoid(cls)) on axis 1.
 
         shape_from: flatten with view(shape[0], C, -1), shape = Shape(shape_from), as TorchScript writes
@@ -66,7 +66,7 @@ class Toy:
         cls = self.conv(cls, c_cls, NC, k=1, act=False)
         box = self.node("Reshape", [box, self.view_shape(4, anchors, shape_from)])
         cls = self.node("Reshape", [cls, self.view_shape(NC, anchors, shape_from)])
-        box = self.node("Mul", [box, self.const(np.float32(8.0))])
+        box = self.node("Mul", [box, stride or self.const(np.float32(8.0))])
         return self.node("Concat", [box, self.node("Sigmoid", [cls])], axis=1)
 
     def view_shape(self, channels, anchors, shape_from=None):
@@ -450,6 +450,46 @@ def test_main_reading_aux_shape_is_rewired(batch):
         np.testing.assert_array_equal(ref, got)
 
 
+def test_constants_shared_by_the_heads_are_not_where_they_meet():
+    """Regression (every real DualDDetect file): both heads read one pooled constant and one anchor scale
+    computed from shapes through a long chain (TorchScript, dynamic batch); they are still twins."""
+    t = Toy(batch="N")
+    x = t.trunk()
+    scale = t.node("Cast", [t.node("Gather", [t.node("Shape", [x]), t.const(np.int64(2))], axis=0)], to=1)
+    for op in ("Mul", "Add", "Sub", "Mul", "Add", "Div", "Mul", "Sub", "Add", "Mul"):   # deeper than 8
+        scale = t.node(op, [scale, t.const(np.float32(1.5))])
+    shared = t.const(np.float32(0.5))
+    stride = t.node("Mul", [scale, shared])
+    model = t.model([t.head(x, 8, 16, shape_from=x, stride=stride), t.head(x, 8, 8, shape_from=x, stride=stride)],
+                    batch_dim="N")
+    graph, res = run(model)
+    assert [o.name for o in graph.outputs] == ["output1"], res.info["note"]
+    assert "twin heads confirmed" in res.info["note"]
+
+
+def test_shape_read_never_rewired_to_a_tensor_computed_from_it():
+    """Regression (real yolov9-m/c TorchScript exports, 'Cycle detected in graph'): the only kept tensor
+    whose batch provably equals the dropped one's is the Reshape that reads that very Shape."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["aux"], perm=[1, 0]),                   # [N, 4], dropped side
+        helper.make_node("Relu", ["aux"], ["dropped"]),
+        helper.make_node("Shape", ["aux"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus_one"], ["target"], axis=0),
+        helper.make_node("Sigmoid", ["x"], ["s"]),
+        helper.make_node("Reshape", ["s", "target"], ["kept"]),                       # [N, 4] from [4, N]
+    ]
+    inits = [init("zero", np.int64(0)), init("axes", np.array([0], np.int64)), init("minus_one", np.array([-1], np.int64))]
+    model = make_model(nodes, [vi("x", shape=[4, "N"])], [vi("dropped"), vi("kept")], inits)
+    result = onnxrep.optimize(model, drop_outputs=("dropped",), input_shapes={"x": [4, 3]})
+    assert result.ok and result.verification.ran, result.report.text()
+    assert output_names(result.model) == ["kept"]
+    onnx.checker.check_model(result.model, full_check=True)
+
+
 def test_shape_read_without_proof_is_left_and_said():
     """The kept output reads a symbolic size no kept tensor provably has: the aux part it needs stays."""
     t = Toy()
@@ -477,6 +517,10 @@ _FAST = [  # one per feature: BN form, official naming, MIT layout with dynamic 
     ("yolov9-t", dict(form="bn", naming="official")),
     ("yolov9-t", dict(form="bn", layout="mit", batch="batch")),
     ("yolov9-t", dict(exporter="official", batch="batch")),
+    # real TorchScript files pool constants across the heads (one onnx::Split_<n> for both heads' Split, the
+    # MIT AUX anc2vec weight an Identity of the Main one, one Gather index): never where two heads meet
+    ("yolov9-t", dict(exporter="torchscript")),
+    ("yolov9-t", dict(exporter="mit")),
 ]
 _SLOW = [(name, kw) for name in ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e")
          for kw in (dict(form="bn"), dict(form="folded"), dict(form="fused"), dict(form="bn", naming="official"),

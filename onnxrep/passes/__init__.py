@@ -14,10 +14,13 @@ from onnxrep.passes.merge_branches import MergeBranches
 from onnxrep.passes.prune_outputs import PruneOutputs
 
 DEFAULT_PIPELINE: tuple[Pass, ...] = (
-    # Pruning first means later passes don't waste time on the aux branch (and report only main-branch work).
-    PruneOutputs(),
-    # Canonical form before matching: no Identity/Constant nodes between a Conv and its BN, shape chains folded.
+    # Canonical form before matching: no Identity/Constant nodes between a Conv and its BN, static shape
+    # chains folded. Before pruning too: exporters' Constant nodes and shape arithmetic (chunk sizes computed
+    # with Div, which ONNX shape inference can't propagate) would otherwise hide the shapes the twin-head
+    # check and the Shape-read cutting need.
     Canonicalize(),
+    # Pruning before the rewrites means they don't waste time on the aux branch (and report only main-branch work).
+    PruneOutputs(),
     # Folding BN before merging turns every Conv->BN into a plain Conv, which is what the branch merge matches.
     FoldBatchNorm(),
     # After the fold, RepConv branches are bare Convs summed by Add: merge them into one Conv.

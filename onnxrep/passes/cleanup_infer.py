@@ -97,11 +97,48 @@ class Types:
         return self.info(tensor).elem_type
 
 
+def lift_constant_nodes(graph: onnx.GraphProto) -> None:
+    """In an inference view: small ``Constant`` nodes become initializers of the same name.
+
+    ONNX shape inference reads the *values* of initializers (Resize scales, Reshape targets, Split sizes)
+    but not of Constant nodes, which TorchScript exports use for all of them; without this, every shape
+    after the first Upsample of such an export is unknown (and so are the MACs after it)."""
+    keep = []
+    for node in graph.node:
+        value = _constant_node_tensor(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        if value is None:
+            keep.append(node)
+        else:
+            graph.initializer.append(value)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def _constant_node_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if len(node.output) != 1 or len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+        if a.t.data_location == onnx.TensorProto.EXTERNAL or int(np.prod(a.t.dims)) > _VALUE_LIMIT:
+            return None
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(a.t)
+    elif a.name in ("value_float", "value_floats", "value_int", "value_ints"):  # float32 / int64 by the spec
+        dtype = np.float32 if "float" in a.name else np.int64
+        value = onnx.helper.get_attribute_value(a)
+        tensor = onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype))
+    else:
+        return None
+    tensor.name = node.output[0]
+    return tensor
+
+
 def infer_types(graph: gs.Graph) -> Types:
     """Shape inference over the top-level graph, on a weight-less view. Never raises."""
     input_dims = {d for t in graph.inputs for d in (t.shape or ()) if isinstance(d, str) and d}
     try:
-        model = _weightless_view(graph)
+        model = weightless_view(graph)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # an op inference can't handle: fall back to what gs knows
         return Types(input_dims=input_dims)
@@ -113,7 +150,7 @@ def infer_types(graph: gs.Graph) -> Types:
     return Types(out, input_dims)
 
 
-def _weightless_view(graph: gs.Graph) -> onnx.ModelProto:
+def weightless_view(graph: gs.Graph) -> onnx.ModelProto:
     nodes = [OnnxExporter.export_node(n) for n in graph.nodes if n.outputs]   # disconnected: about to go
     inputs = [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs]
     initializers = []
@@ -134,6 +171,7 @@ def _weightless_view(graph: gs.Graph) -> onnx.ModelProto:
     for dom in graph.import_domains or []:
         if dom.domain not in ("", "ai.onnx"):
             opsets.append(onnx.helper.make_opsetid(dom.domain, dom.version))
+    lift_constant_nodes(g)
     model = onnx.helper.make_model(g, opset_imports=opsets)
     for fn in getattr(graph, "functions", []) or []:
         model.functions.append(OnnxExporter.export_function(fn))

@@ -49,9 +49,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, is_std, producer
+from onnxrep.graph import _NEVER_FOLD, Namer, is_std, producer
 from onnxrep.io import OnnxrepError
 from onnxrep.passes.base import Context, PassResult
+from onnxrep.passes.cleanup_infer import infer_types, weightless_view
 
 MAIN_NAME = "output0"      # what the official converted export and most deployment samples expect
 MIN_HEAD_CONVS = 2         # a head owns at least this many stacked Convs on every path to the trunk
@@ -296,7 +297,7 @@ def twin_reason(graph: gs.Graph, outputs: list, pairs: list, twins: dict | None 
                 if p is not None and id(p) in cones[id(other)]:
                     return (f"outputs {t.name!r} and {other.name!r} are made by the same node ({p.op})"
                             if p is producer(other) else f"output {other.name!r} is computed from output {t.name!r}")
-    walker = _LockStep()
+    walker = _LockStep(static_tensors(graph))
     for k, d in pairs:
         if not _same_type(k, d):
             return f"{k.name!r} {_fmt_shape(k)} and {d.name!r} {_fmt_shape(d)} differ in shape or dtype"
@@ -317,7 +318,8 @@ class _LockStep:
     """Walk two outputs back in lock step; for a tensor pair, the fewest Conv pairs on any value path
     before the walk reaches shared trunk or the two sides part, and a word on where that happens."""
 
-    def __init__(self):
+    def __init__(self, static: set[int]):
+        self.static = static   # ids of tensors known without running the model (static_tensors)
         self.memo: dict[tuple[int, int], tuple[float, str]] = {}
         self.twins: dict[int, gs.Tensor] = {}   # id(dropped-side tensor) -> its kept-side twin
 
@@ -352,11 +354,11 @@ class _LockStep:
 
     def _leaf(self, ta: gs.Tensor, tb: gs.Tensor) -> tuple[float, str] | None:
         """Value of a pair that ends a path, or None to keep walking."""
-        if ta is tb:
-            return 0, "they share the same tensor"
         if not ta.name and not tb.name:
             return math.inf, ""
-        sa, sb = _static(ta), _static(tb)
+        sa, sb = id(ta) in self.static, id(tb) in self.static
+        if ta is tb:  # a constant shared by both (exporters de-duplicate them) is not where the heads meet
+            return (math.inf, "") if sa else (0, "they share the same tensor")
         if sa and sb:
             return math.inf, ""  # weights, anchors, shapes: may differ in value and width
         pa, pb = producer(ta), producer(tb)
@@ -385,18 +387,18 @@ def _out_index(node: gs.Node, t: gs.Tensor) -> int:
     return next(i for i, o in enumerate(node.outputs) if o is t)
 
 
-def _static(t: gs.Tensor, _depth: int = 0) -> bool:
-    """Known without running the model: a constant, or computed only from constants and shapes."""
-    if isinstance(t, gs.Constant):
-        return True
-    node = producer(t)
-    if node is None or _depth > 8:
-        return False
-    if is_std(node, "Constant", *_SHAPE_OPS):
-        return True
-    if not node.inputs:
-        return False
-    return all(_static(x, _depth + 1) for x in node.inputs if x.name)
+def static_tensors(graph: gs.Graph) -> set[int]:
+    """ids of the tensors known without running the model: constants, Constant/Shape/Size outputs, and
+    everything computed only from them (anchor grids computed from shapes, split sizes, shape chains),
+    however long the chain. Random ops are never static."""
+    static = {id(t) for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    for node in graph.nodes:   # topological order
+        if not is_std(node) or node.op in _NEVER_FOLD or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            continue
+        if node.op in ("Constant", *_SHAPE_OPS) or (
+                node.inputs and all(id(t) in static for t in node.inputs if t.name)):
+            static.update(id(t) for t in node.outputs)
+    return static
 
 
 def _label(t: gs.Tensor) -> str:
@@ -445,7 +447,9 @@ def _cut(graph, reads, twins, shapes, origin, namer, kept_values) -> tuple[int, 
             continue
         want = [origin(x, a) for a in axes]
         first = [twins[id(x)]] if twins and id(x) in twins else []
-        sub = next((y for y in first + kept_values if y is not x and shapes.rank(y) == shapes.rank(x)
+        after = _downstream(s.outputs[0])   # reading one of these would close a cycle through this Shape
+        sub = next((y for y in first + kept_values if y is not x and id(y) not in after
+                    and shapes.rank(y) == shapes.rank(x)
                     and all(w is not None and origin(y, a) == w for a, w in zip(axes, want))), None)
         if sub is not None:
             s.inputs[0] = sub
@@ -461,6 +465,18 @@ def _cut(graph, reads, twins, shapes, origin, namer, kept_values) -> tuple[int, 
             consumer.inputs[:] = [const if t is out else t for t in consumer.inputs]
         moved += 1
     return moved, sorted(set(left))
+
+
+def _downstream(t: gs.Tensor) -> set[int]:
+    """ids of `t` and every tensor computed from it."""
+    seen, stack = {id(t)}, [t]
+    while stack:
+        for node in stack.pop().outputs:
+            for o in node.outputs:
+                if id(o) not in seen:
+                    seen.add(id(o))
+                    stack.append(o)
+    return seen
 
 
 def _available(t: gs.Tensor, nodes: dict) -> bool:
@@ -481,10 +497,10 @@ def _axes_read(s: gs.Node, rank: int | None) -> list[int] | None:
     out = s.outputs[0]
     picked: set[int] = set()
     for c in out.outputs:
-        idx = c.inputs[1] if is_std(c, "Gather") and len(c.inputs) > 1 and c.inputs[0] is out else None
-        if idx is None or not isinstance(idx, gs.Constant) or int(c.attrs.get("axis", 0)) != 0:
+        idx = _const_array(c.inputs[1]) if is_std(c, "Gather") and len(c.inputs) > 1 and c.inputs[0] is out else None
+        if idx is None or int(c.attrs.get("axis", 0)) != 0:
             return span
-        for i in np.asarray(idx.values).reshape(-1):
+        for i in idx.reshape(-1):
             i = int(i) + len(span) if int(i) < 0 else int(i)
             if not 0 <= i < len(span):
                 return span
@@ -505,23 +521,24 @@ def _static_shape_value(s: gs.Node, dims) -> np.ndarray | None:
 
 
 class _Shapes:
-    """Dimensions of tensors: from the graph's own shapes, else from ONNX shape inference (run once, lazily,
-    on a copy without the large weights)."""
+    """Dimensions of tensors: the graph's own shapes, else the shared shape inference (cleanup_infer),
+    run once, lazily, on the weight-less view of the graph."""
 
     def __init__(self, graph: gs.Graph):
         self.graph = graph
-        self._inferred: dict | None = None
-        self._skeleton = None
+        self._types = None
+        self._view = None
 
     def dims(self, t: gs.Tensor):
         if isinstance(t, gs.Constant):
             return tuple(int(d) for d in t.shape)
         if t.shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in t.shape):
             return tuple(int(d) for d in t.shape)
-        inferred = self._infer().get(t.name)
-        if inferred is not None:
-            return inferred
-        return None if t.shape is None else tuple(d if isinstance(d, (int, np.integer)) else None for d in t.shape)
+        if self._types is None:
+            self._types = infer_types(self.graph)
+        dims = self._types.dims(t)
+        return None if dims is None else tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
+                                               for d in dims)
 
     def rank(self, t: gs.Tensor) -> int | None:
         if not isinstance(t, gs.Constant) and t.shape is not None:
@@ -530,65 +547,13 @@ class _Shapes:
         return None if d is None else len(d)
 
     def skeleton(self):
-        """The graph as exported before any rewrite, large tensors as dims only (None if it can't be)."""
-        if self._skeleton is None:
-            self._skeleton = _skeleton(self.graph) or False
-        return self._skeleton or None
-
-    def _infer(self) -> dict:
-        if self._inferred is None:
-            self._inferred = {}
-            model = self.skeleton()
-            if model is not None:
-                import onnx
-
-                try:
-                    model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
-                                                              data_prop=True)
-                except Exception:  # shapes unknown: callers then decline
-                    model = onnx.ModelProto()
-                for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
-                    tt = vi.type.tensor_type
-                    if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-                        self._inferred[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                                        for d in tt.shape.dim)
-        return self._inferred
-
-
-def _skeleton(graph: gs.Graph):
-    """Export `graph` with every large tensor reduced to its dims and dtype (shape inference needs no
-    bytes, and copying a 200 MB model twice would be the slowest part of the pass)."""
-    import onnx
-    from onnx_graphsurgeon.ir.tensor import LazyValues
-
-    swapped = []
-    constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
-    for node in graph.nodes:
-        value = node.attrs.get("value") if is_std(node, "Constant") else None
-        if isinstance(value, gs.Constant):
-            constants.append(value)
-    try:
-        for c in constants:
-            values = c._values
-            if isinstance(values, LazyValues):
-                if values.nbytes <= 4096:
-                    continue
-                dtype, dims = values.tensor.data_type, list(values.tensor.dims)
-            elif isinstance(values, np.ndarray) and values.nbytes > 4096:
-                dtype, dims = onnx.helper.np_dtype_to_tensor_dtype(values.dtype), list(values.shape)
-            else:
-                continue
-            stub = onnx.TensorProto()
-            stub.name, stub.data_type = c.name, dtype
-            stub.dims.extend(dims)
-            swapped.append((c, values))
-            c._values = LazyValues(stub)
-        return gs.export_onnx(graph, do_type_check=False)
-    except Exception:  # an exotic graph we can't export here: shapes and MACs unknown, not an error
-        return None
-    finally:
-        for c, values in swapped:
-            c._values = values
+        """The graph as exported before any rewrite, large tensors as typed inputs (None if it can't be)."""
+        if self._view is None:
+            try:
+                self._view = weightless_view(self.graph)
+            except Exception:  # an exotic graph we can't export here: MACs unknown, not an error
+                self._view = False
+        return self._view or None
 
 
 # Ops whose output has the input's shape, axis for axis.
