@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= out/demo
 JOBS   ?= auto
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install install-real demo test test-all test-real lint bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,20 @@ test: install
 # Everything, including the slow end-to-end tests on full-size models.
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The real-exporter tier: models built by their own PyTorch code (official YOLOv9, timm), exported by
+# PyTorch's exporters, optimized with defaults. REAL=quick (yolov9-t, gelan-t, four timm families; the CI
+# set) or REAL=all (adds yolov9-s/m/c/e). Exports are cached in out/real-exports/.
+REAL ?= all
+install-real: $(VENV)/.installed-real
+
+$(VENV)/.installed-real: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,real]'
+	$(PY) -m pip install -q --no-deps yolov9pip
+	touch $@
+
+test-real: install-real
+	ONNXREP_REAL_MODELS=$(REAL) $(PY) -m pytest -q -m real tests/real
 
 lint: install
 	$(PY) -m pip install -q ruff

@@ -1,0 +1,87 @@
+"""The real-exporter tier: models built by their own PyTorch code, exported by PyTorch's exporters.
+
+Needs the `real` extra (`pip install -e '.[real]'`, `make test-real`); skipped when torch or the model code
+is missing. Exports run in a subprocess (tests/real/export_models.py) and are cached per torch version in
+out/real-exports/, so a second run only optimizes. ONNXREP_REAL_MODELS picks the models: `quick` (the CI
+set: yolov9-t, gelan-t, the four timm families), `all` (adds yolov9-s/m/c/e), or a comma-separated list.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+QUICK = ["yolov9-t", "gelan-t", "repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050"]
+ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"]
+TIMM = {"repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050"}
+
+
+def selected_models() -> list[str]:
+    choice = os.environ.get("ONNXREP_REAL_MODELS", "quick")
+    if choice == "quick":
+        return QUICK
+    if choice == "all":
+        return ALL
+    return [m for m in choice.split(",") if m]
+
+
+def forms_of(model: str) -> list[str]:
+    return ["torchscript", "dynamo", "dynamo-raw"] + ([] if model in TIMM else ["official"])
+
+
+def _missing() -> str | None:
+    for module, what in (("torch", "torch"), ("yolov9", "yolov9pip"), ("timm", "timm")):
+        if importlib.util.find_spec(module) is None:
+            return f"{what} is not installed (pip install -e '.[real]')"
+    return None
+
+
+class Export:
+    """What one model's exports and its own PyTorch code say (see export_models.py)."""
+
+    def __init__(self, folder: Path, model: str):
+        self.folder, self.model = folder, model
+        self.info = json.loads((folder / f"{model}.json").read_text())
+        with np.load(folder / f"{model}.npz") as data:
+            self.data = {k: data[k] for k in data.files}
+
+    def path(self, form: str) -> Path:
+        return self.folder / f"{self.model}.{form}.onnx"
+
+    @property
+    def main(self) -> int:
+        return self.info["main_output"]
+
+
+@pytest.fixture(scope="session")
+def real_export():
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    import torch
+
+    root = REPO / "out" / "real-exports" / torch.__version__.replace("+", "_")
+    root.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Export] = {}
+
+    def get(model: str) -> Export:
+        if model not in done:
+            wanted = forms_of(model) + ["deploy"]
+            if not all((root / f"{model}.{f}.onnx").exists() for f in wanted) or not (root / f"{model}.json").exists():
+                cmd = [sys.executable, "-I", str(HERE / "export_models.py"), str(root), f"{model}:{','.join(forms_of(model))}"]
+                proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800)
+                if proc.returncode:
+                    raise RuntimeError(f"exporting {model} failed:\n{proc.stderr[-3000:]}")
+            done[model] = Export(root, model)
+        return done[model]
+
+    return get

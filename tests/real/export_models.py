@@ -1,0 +1,315 @@
+"""Build models with their own PyTorch code and export them with PyTorch's exporters (run as a script).
+
+    python tests/real/export_models.py OUTDIR yolov9-t:torchscript,official,dynamo,dynamo-raw repvgg_a0:torchscript
+
+Run in a separate process (tests/real/conftest.py does): the official YOLOv9 code imports itself as the
+top-level packages ``models`` and ``utils``, which would clash with this repository's ``models/`` builder,
+and torch's memory is returned when the process ends.
+
+Models:
+  * YOLOv9 (``yolov9-t/s/m/c/e``, ``gelan-t/s/m/c/e``): the official WongKinYiu code from the
+    ``yolov9pip`` package, configured from the layer tables of ``models/arch.py`` (written from
+    shared/yolov9-graphs.md section 2). yolov9pip 0.0.4 predates two things of the current upstream code,
+    supplied here: the ELAN1 block (yolov9-t/s row 2; written from the block table) and the RepConvN
+    merge in ``fuse()`` (upstream fuses RepConvN before Conv+BN; the package only folds Conv+BN).
+  * timm ``repvgg_a0``, ``mobileone_s0``, ``repvit_m0_9``, ``repghostnet_050`` (random weights).
+Every model gets BatchNorm statistics calibrated on random images (running mean/var of its real
+activations, then scale and shift far from identity), so a wrong fold can't hide behind identity BNs.
+
+Forms (files ``OUTDIR/<model>.<form>.onnx``):
+  torchscript   torch.onnx.export(dynamo=False), eval mode, opset 17, dynamic batch: Conv+BN folded by the
+                exporter, RepConv branches, aux head, shared constants, Shape->Gather->Reshape chains
+  official      the official export path: fuse() (RepConvN merged, BN folded), then as torchscript but
+                static batch 1 and only the first output named (``output0``)
+  dynamo        torch.onnx.export(dynamo=True): opset 18+, weights in ``<file>.data``
+  dynamo-raw    torch.onnx.export(dynamo=True, optimize=False): BatchNormalization nodes kept
+  deploy        the reference: the model's own re-parameterization (YOLOv9: gelan twin model with the
+                main-branch weights, fused; timm: reparameterize_model()), exported as torchscript
+Beside them ``<model>.json`` (what the model's own code says: Conv count and Conv parameters of the deploy
+form, the output index of the main head) and ``<model>.npz`` (an input and PyTorch's outputs on it).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+YOLO = ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e")
+GELAN = tuple("gelan-" + m.split("-")[1] for m in YOLO)
+TIMM = ("repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050")
+FORMS = ("torchscript", "official", "dynamo", "dynamo-raw")
+
+
+def _load_by_path(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _setup_yolov9():
+    """Import the official code the way its own scripts do: its root on sys.path, ``models``/``utils`` top level."""
+    sys.path.insert(0, str(HERE))
+    import stubs
+
+    stubs.install()
+    spec = importlib.util.find_spec("yolov9")
+    if spec is None:
+        raise SystemExit("yolov9pip is not installed (pip install -e '.[real]')")
+    root = Path(spec.origin).parent
+    sys.path.insert(0, str(root))
+    for key in [k for k in sys.modules if k in ("models", "utils") or k.startswith(("models.", "utils."))]:
+        del sys.modules[key]
+    import models.yolo as yolo  # noqa: E402  (the official code)
+    import torch
+    from models.common import Conv, RepConvN
+
+    class ELAN1(torch.nn.Module):
+        """yolov9-t/s row 2: like RepNCSPELAN4 with plain 3x3 Convs instead of RepNCSP (not in yolov9pip 0.0.4)."""
+
+        def __init__(self, c1, c2, c3, c4):
+            super().__init__()
+            self.c = c3 // 2
+            self.cv1 = Conv(c1, c3, 1, 1)
+            self.cv2 = Conv(c3 // 2, c4, 3, 1)
+            self.cv3 = Conv(c4, c4, 3, 1)
+            self.cv4 = Conv(c3 + (2 * c4), c2, 1, 1)
+
+        def forward(self, x):
+            y = list(self.cv1(x).chunk(2, 1))
+            y.extend(m(y[-1]) for m in [self.cv2, self.cv3])
+            return self.cv4(torch.cat(y, 1))
+
+    yolo.ELAN1 = ELAN1
+    return yolo, RepConvN, Conv
+
+
+def _yolo_cfg(name: str, nc: int) -> dict:
+    """The yaml dict of yolov9-X / gelan-X from models/arch.py's tables."""
+    arch = _load_by_path("onnxrep_arch", REPO / "models" / "arch.py")
+    rows = arch.dual_table(name) if name.startswith("yolov9") else arch.main_table("yolov9-" + name.split("-")[1])
+    layers, channels = [], {}
+    for r in rows:
+        src = [-1 if s == arch.IMAGE else s for s in r.src]
+        f = src[0] if len(src) == 1 else src
+        kind, args = r.kind, list(r.args)
+        if kind == "Upsample":
+            kind, args = "nn.Upsample", [None, 2, "nearest"]
+        elif kind == "Concat":
+            args = [1]
+        elif kind in ("CBLinear", "CBFuse"):
+            args = [list(args[0])]
+        elif kind in ("DualDDetect", "DDetect"):
+            args = ["nc"]
+        elif kind == "ELAN1":  # not in the package's parse_model table: give it c1 (the input's width) itself
+            args = [channels[f]] + args
+        layers.append([f, 1, kind, args])
+        if kind in ("Conv", "AConv", "ADown", "RepNCSPELAN4", "SPPELAN", "ELAN1"):
+            channels[r.idx] = r.args[0]
+    return {"nc": nc, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": 3, "backbone": layers, "head": []}
+
+
+def calibrate(model, make_batch, steps: int = 3, seed: int = 0) -> None:
+    """BatchNorm running statistics of the model's real activations; scale and shift far from identity."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None   # cumulative average over the calibration batches
+            m.weight.uniform_(0.5, 1.5, generator=g)
+            m.bias.normal_(0.0, 0.2, generator=g)
+        model.train()
+        for _ in range(steps):
+            model(make_batch())
+    model.eval()
+
+
+def image_batch(batch: int, size: int, seed: int):
+    """Smooth random images with edges, in [0, 1]: activations in a realistic range."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((batch, 3, 5, 5)).astype(np.float32)
+    img = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(size, size), mode="bilinear",
+                                          align_corners=False)
+    yy, xx = np.mgrid[0:size, 0:size]
+    edge = ((xx + yy * rng.uniform(0.5, 2)) % (size // 2) < size // 4).astype(np.float32)
+    noise = rng.normal(0, 0.05, (batch, 3, size, size)).astype(np.float32)
+    return (img * 0.7 + torch.from_numpy(edge * 0.3 + noise)).clamp(0, 1)
+
+
+def _conv_counts(path: Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    shapes = {t.name: tuple(t.dims) for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Identity" and n.input[0] in shapes:
+            shapes[n.output[0]] = shapes[n.input[0]]
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    params = sum(int(np.prod(shapes[i])) for n in convs for i in n.input[1:3] if i in shapes)
+    return {"conv": len(convs), "conv_params": params,
+            "batchnorm": sum(n.op_type == "BatchNormalization" for n in m.graph.node)}
+
+
+def _export(model, x, path: Path, form: str, output_names, dynamic_batch: bool) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if form in ("torchscript", "official", "deploy"):
+            axes = None
+            if dynamic_batch:
+                axes = {"images": {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, do_constant_folding=True,
+                              input_names=["images"], output_names=output_names, dynamic_axes=axes)
+        else:
+            program = torch.onnx.export(model, (x,), dynamo=True, optimize=(form == "dynamo"),
+                                        input_names=["images"], verbose=False)
+            program.save(str(path), external_data=True)
+
+
+def build_yolo(name: str, imgsz: int, nc: int, seed: int):
+    import torch
+
+    yolo, RepConvN, Conv = _setup_yolov9()
+    torch.manual_seed(seed)
+    model = yolo.DetectionModel(_yolo_cfg(name, nc))
+    head = model.model[-1]
+    calibrate(model, lambda: image_batch(2, imgsz, seed + 1))
+    for m in model.modules():
+        if hasattr(m, "export"):
+            m.export = True   # export.py: Detect heads return only the decoded outputs
+    return model, head
+
+
+def fuse_yolo(model, RepConvN=None, Conv=None):
+    """Upstream BaseModel.fuse(): merge RepConvN, then fold Conv+BN."""
+    from models.common import Conv as C, RepConvN as R
+    from utils.torch_utils import fuse_conv_and_bn
+
+    for m in model.modules():
+        if isinstance(m, R):
+            m.fuse_convs()
+            m.forward = m.forward_fuse
+        if isinstance(m, C) and hasattr(m, "bn"):
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+    return model
+
+
+def export_yolo(name: str, forms, out: Path, imgsz: int, nc: int, seed: int) -> None:
+    import torch
+
+    model, head = build_yolo(name, imgsz, nc, seed)
+    dual = type(head).__name__.startswith("Dual")
+    x = image_batch(1, imgsz, seed + 7)
+    xb = image_batch(2, imgsz, seed + 9)
+    with torch.no_grad():
+        ys = [t.numpy() for t in _as_list(model(x))]
+        ysb = [t.numpy() for t in _as_list(model(xb))]
+    names = ["output0", "output1"] if dual else ["output0"]
+    for form in forms:
+        m = copy.deepcopy(model)   # each exporter sees the model export.py would hand it
+        if form == "official":
+            fuse_yolo(m)
+        with torch.no_grad():
+            m(x)   # export.py's dry run: the head caches anchors for this input size
+        _export(m, x, out / f"{name}.{form}.onnx", form, names[:1] if form == "official" else names,
+                dynamic_batch=(form == "torchscript"))
+    # the reference: the deployable twin (gelan-X) carrying the main branch's weights, fused, exported
+    ref_name = "gelan-" + name.split("-")[1]
+    ref, _ = build_yolo(ref_name, imgsz, nc, seed)
+    if dual:
+        _copy_main_weights(model, ref, name)
+    fuse_yolo(ref)
+    with torch.no_grad():
+        ref_y = _as_list(ref(x))[0].numpy()
+    _export(ref, x, out / f"{name}.deploy.onnx", "deploy", ["output0"], dynamic_batch=False)
+    main = len(ys) - 1
+    info = {"model": name, "main_output": main, "outputs": len(ys), "deploy": _conv_counts(out / f"{name}.deploy.onnx"),
+            "deploy_matches_main": float(np.abs(ref_y - ys[main]).max())}
+    np.savez(out / f"{name}.npz", images=x.numpy(), images_b2=xb.numpy(),
+             **{f"y{i}": y for i, y in enumerate(ys)}, **{f"y{i}_b2": y for i, y in enumerate(ysb)})
+    (out / f"{name}.json").write_text(json.dumps(info, indent=1))
+
+
+def _copy_main_weights(dual, gelan, name: str) -> None:
+    """gelan-X row j is yolov9-X row key; its DDetect is the main half (cv4, cv5) of DualDDetect."""
+    arch = _load_by_path("onnxrep_arch", REPO / "models" / "arch.py")
+    rows = arch.main_table(name)
+    src = dual.model
+    for r in rows[:-1]:
+        gelan.model[r.idx].load_state_dict(src[r.key].state_dict())
+    dd, d = src[-1], gelan.model[-1]
+    d.cv2.load_state_dict(dd.cv4.state_dict())
+    d.cv3.load_state_dict(dd.cv5.state_dict())
+    d.dfl.load_state_dict(dd.dfl2.state_dict())
+    d.stride = dd.stride
+
+
+def _as_list(y):
+    return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+def export_timm(name: str, forms, out: Path, imgsz: int, seed: int) -> None:
+    sys.path.insert(0, str(HERE))
+    import stubs
+
+    stubs.install()
+    import timm
+    import torch
+    from timm.utils.model import reparameterize_model
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    calibrate(model, lambda: image_batch(4, imgsz, seed + 1))
+    x = image_batch(1, imgsz, seed + 7)
+    xb = image_batch(2, imgsz, seed + 9)
+    with torch.no_grad():
+        y, yb = model(x).numpy(), model(xb).numpy()
+    for form in forms:
+        _export(model, x, out / f"{name}.{form}.onnx", form, ["output0"], dynamic_batch=(form == "torchscript"))
+    ref = reparameterize_model(copy.deepcopy(model))
+    with torch.no_grad():
+        ref_y = ref(x).numpy()
+    _export(ref, x, out / f"{name}.deploy.onnx", "deploy", ["output0"], dynamic_batch=False)
+    info = {"model": name, "main_output": 0, "outputs": 1, "deploy": _conv_counts(out / f"{name}.deploy.onnx"),
+            "deploy_matches_main": float(np.abs(ref_y - y).max())}
+    np.savez(out / f"{name}.npz", images=x.numpy(), images_b2=xb.numpy(), y0=y, y0_b2=yb)
+    (out / f"{name}.json").write_text(json.dumps(info, indent=1))
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0])
+    imgsz = 160
+    for spec in argv[1:]:
+        name, _, forms = spec.partition(":")
+        forms = [f for f in forms.split(",") if f] or list(FORMS)
+        if name in YOLO or name in GELAN:
+            export_yolo(name, forms, out, imgsz, nc=80, seed=0)
+        elif name in TIMM:
+            export_timm(name, [f for f in forms if f != "official"], out, 64 if name != "repvit_m0_9" else 64, seed=0)
+        else:
+            raise SystemExit(f"unknown model {name!r}")
+        print(f"exported {name}: {', '.join(forms)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

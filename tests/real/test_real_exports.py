@@ -1,0 +1,97 @@
+"""`onnxrep optimize` with defaults on real exports gives exactly the model's own deploy form.
+
+For each model (its own PyTorch code, BatchNorm statistics calibrated) and each exporter form:
+  * the aux head is gone (one output), no BatchNormalization is left;
+  * Conv count and Conv parameters equal the model's own re-parameterization, exported by PyTorch
+    (YOLOv9: the gelan twin with the main branch's weights, fused; timm: reparameterize_model());
+  * the kept output equals PyTorch's main output as closely as the model's own deploy form does
+    (float32 rounding: these random-weight networks amplify it, see `_tolerance`), at batch 1 and, for the
+    dynamic-batch TorchScript export, at batch 2;
+  * the report's MACs are the deploy form's, whatever the exporter wrote.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxrep
+from onnxrep.report import count_macs
+from tests.real.conftest import forms_of, selected_models
+
+pytestmark = pytest.mark.real
+
+CASES = [(m, f) for m in selected_models() for f in forms_of(m)]
+
+
+def conv_counts(model: onnx.ModelProto) -> tuple[int, int, int]:
+    """(Conv nodes, Conv weight+bias elements, BatchNormalization nodes), counted here, not by onnxrep."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Identity" and n.input[0] in shapes:
+            shapes[n.output[0]] = shapes[n.input[0]]
+        if n.op_type == "Constant":
+            shapes[n.output[0]] = tuple(n.attribute[0].t.dims)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    params = sum(int(np.prod(shapes[i])) for n in convs for i in n.input[1:3] if i in shapes)
+    return len(convs), params, sum(n.op_type == "BatchNormalization" for n in model.graph.node)
+
+
+def run(model, x: np.ndarray) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
+def _tolerance(deploy_err: float, scale: float) -> float:
+    """Our rewrite may move the output as much as the model's own deploy form moves it (4x: both are
+    float32 re-associations of the same sums, drawn differently), and never less than 1e-5 of its scale."""
+    return max(4 * deploy_err, 1e-5 * scale, 1e-5)
+
+
+@pytest.mark.parametrize("model,form", CASES)
+def test_default_optimize_gives_the_deploy_form(real_export, model, form, tmp_path):
+    ex = real_export(model)
+    result = onnxrep.optimize(ex.path(form))
+    assert result.ok, result.report.text()
+    optimized = result.model
+    deploy = onnx.load(str(ex.path("deploy")))
+
+    convs, params, bns = conv_counts(optimized)
+    want = ex.info["deploy"]
+    summary = {"model": model, "form": form, "before": conv_counts(onnx.load(str(ex.path(form)))),
+               "after": (convs, params, bns), "deploy": (want["conv"], want["conv_params"], want["batchnorm"])}
+    (ex.folder / f"summary.{model}.{form}.json").write_text(json.dumps(summary))
+    assert len(optimized.graph.output) == 1, result.report.outputs
+    assert bns == 0
+    assert (convs, params) == (want["conv"], want["conv_params"]), result.report.text()
+
+    # the numbers: against PyTorch's own main output, as closely as PyTorch's own deploy form gets
+    ref = ex.data[f"y{ex.main}"]
+    got = run(optimized, ex.data["images"])[0]
+    deploy_got = run(deploy, ex.data["images"])[0]
+    err, deploy_err = float(np.abs(got - ref).max()), float(np.abs(deploy_got - ref).max())
+    assert err <= _tolerance(deploy_err, float(np.abs(ref).max())), (err, deploy_err)
+    if form == "torchscript":   # the dynamic-batch export stays dynamic and right at batch 2
+        ref2 = ex.data[f"y{ex.main}_b2"]
+        got2 = run(optimized, ex.data["images_b2"])[0]
+        assert got2.shape == ref2.shape
+        assert float(np.abs(got2 - ref2).max()) <= _tolerance(deploy_err, float(np.abs(ref2).max())) * 2
+
+    # the report's MACs are those of the deploy form, whatever the exporter wrote
+    assert result.report.after.macs == count_macs(deploy) > 0
+
+
+@pytest.mark.parametrize("model", selected_models())
+def test_macs_do_not_depend_on_the_exporter(real_export, model):
+    """TorchScript writes Constant nodes and shape arithmetic; dynamo-raw writes neither: same MACs."""
+    ex = real_export(model)
+    macs = {f: count_macs(onnx.load(str(ex.path(f)), load_external_data=False)) for f in ("torchscript", "dynamo-raw")}
+    assert macs["torchscript"] == macs["dynamo-raw"] > 0, macs
