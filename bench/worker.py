@@ -39,7 +39,7 @@ def _session(path: str, level: str, threads: int):
 
 
 def _feed(path: str, seed: int) -> dict:
-    """The seeded input (uniform [0, 1), as onnxrep verify makes it), from the model's declared inputs."""
+    """The seeded input (as onnxrep verify makes its batch-1 sample), from the model's declared inputs."""
     import onnx
 
     from onnxrep.verify import make_inputs
@@ -51,7 +51,7 @@ def _feed(path: str, seed: int) -> dict:
     kept = [vi for vi in skeleton.graph.input if vi.name not in inits]
     del skeleton.graph.input[:]
     skeleton.graph.input.extend(kept)
-    return make_inputs(skeleton, 1, seed)[0]
+    return make_inputs(skeleton, 1, seed, batches=(1,))[0]
 
 
 def _short(exc: BaseException) -> str:

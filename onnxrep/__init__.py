@@ -34,10 +34,24 @@ class Result:
     report: Report
     verification: Verification | None
     source: _io.LoadInfo | None = None   # how the input was stored, when it came from a file
+    allow_unverified: bool = False
+
+    @property
+    def verified(self) -> bool:
+        """Verification ran and passed."""
+        return self.verification is not None and self.verification.ran and self.verification.ok
+
+    @property
+    def status(self) -> str:
+        """"verified", "failed", "unverified" (it could not run) or "not verified" (verify=False)."""
+        if self.verification is None:
+            return "not verified"
+        return {"skipped": "unverified"}.get(self.verification.status, self.verification.status)
 
     @property
     def ok(self) -> bool:
-        return self.verification is None or self.verification.ok
+        """Safe to write: verified, or verification not asked for, or it could not run and that was allowed."""
+        return self.status in ("verified", "not verified") or (self.status == "unverified" and self.allow_unverified)
 
 
 def from_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
@@ -98,13 +112,15 @@ def _as_tuple(value) -> tuple:
     return (value,) if isinstance(value, (str, int)) else tuple(value)
 
 
-def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 1, seed: int = 0,
+def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 2, seed: int = 0,
              input_shapes: dict | None = None, input_data: list[dict] | None = None,
-             rtol: float | None = None, atol: float | None = None, scale_rtol: float | None = None, aux: str = "auto",
+             rtol: float | None = None, atol: float | None = None, noise_factor: float | None = None,
+             allow_unverified: bool = False, aux: str = "auto",
              keep_outputs=(), drop_outputs=(), rename_outputs: bool = False, on_step=None) -> Result:
     """Optimize a model (ModelProto or path) and, unless verify=False, prove it equal in onnxruntime.
 
     passes: names of passes to run (default: the whole DEFAULT_PIPELINE), in pipeline order.
+    allow_unverified: when onnxruntime cannot run the original, the result is still ok (status "unverified").
     on_step: optional callback(str) told about each step (the CLI's progress line).
     """
     step = on_step or (lambda _msg: None)
@@ -145,7 +161,8 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         step("verifying")
         t0 = time.perf_counter()
         verification = _verify(original, optimized, samples=samples, seed=seed, shapes=input_shapes,
-                               feeds=input_data, rtol=rtol, atol=atol, scale_rtol=scale_rtol, renamed=renamed)
+                               feeds=input_data, rtol=rtol, atol=atol, noise_factor=noise_factor, renamed=renamed,
+                               dropped=outputs.get("dropped", ()), strict_outputs=True)
         seconds["verify"] = time.perf_counter() - t0
 
     report = Report(
@@ -158,4 +175,5 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         verification=verification.to_dict() if verification else None,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )
-    return Result(model=optimized, report=report, verification=verification, source=info)
+    return Result(model=optimized, report=report, verification=verification, source=info,
+                  allow_unverified=allow_unverified)

@@ -315,7 +315,7 @@ def feed_shapes(skeleton: onnx.ModelProto, batch: int | None, shapes: dict | Non
     from onnxrep.verify import make_inputs
 
     known = {vi.name for vi in skeleton.graph.input}
-    base = {n: list(a.shape) for n, a in make_inputs(skeleton, 1, 0, {k: v for k, v in (shapes or {}).items()
+    base = {n: list(a.shape) for n, a in make_inputs(skeleton, 1, 0, batches=(1,), shapes={k: v for k, v in (shapes or {}).items()
                                                                       if k in known})[0].items()}
     first = next((s for s in base.values() if s), [1])
     if batch is None:
@@ -514,7 +514,7 @@ def _bench_runtime(rt: Runtime, batch: int | None, prepared: list[_Model], *, sh
             continue
         key = tuple((vi.name, vi.type.tensor_type.elem_type, tuple(shape[vi.name])) for vi in m.inputs.graph.input)
         if key not in feeds:
-            feeds[key] = make_inputs(m.inputs, 1, seed, shape)[0]
+            feeds[key] = make_inputs(m.inputs, 1, seed, shape, batches=(1,))[0]
         feed = feeds[key]
         step(f"{where}: loading {m.info.label}")
 

@@ -211,6 +211,7 @@ class Report:
             from onnxrep.verify import OutputCheck, Verification
 
             v = dict(self.verification)
+            v.pop("status", None)
             v["outputs"] = [OutputCheck(**o) for o in v.get("outputs", [])]
             lines.extend(Verification(**v).lines())
         return "\n".join(lines)
