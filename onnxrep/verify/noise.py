@@ -8,9 +8,10 @@ the original once more with every rounding step perturbed, and the rewrite may m
 a small multiple of what that perturbation moved it.
 
 The perturbation: after every floating-point Conv, ConvTranspose, Gemm, MatMul, BatchNormalization,
-Add, Sub, Mul, Div and Sum, the value is multiplied by ``1 + e·u``, ``u`` uniform in [-1, 1] per element
-(``RandomUniformLike``, seeded), ``e`` one unit in the last place of the value's type (2^-23 float32,
-2^-10 float16, 2^-7 bfloat16, 2^-52 float64): one rounding step at every operation a rewrite may re-round.
+AveragePool, Add and Sum (the operations a rewrite folds, merges or re-rounds; not the SiLU/decode
+arithmetic, which no rewrite touches and which would inflate the estimate), the value is multiplied by
+``1 + e·u``, ``u`` uniform in [-1, 1] per element (``RandomUniformLike``, seeded), ``e`` one unit in the
+last place of the value's type (2^-23 float32, 2^-10 float16, 2^-7 bfloat16, 2^-52 float64).
 
 The noisy copy lives in the *same* model as the original, reading the same weights (one session, no second
 copy of the weights): every node output ``t`` gets a twin ``t + SUFFIX``, noise nodes after the ops above,
@@ -24,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper
 
 SUFFIX = "__onnxrep_noise"
-NOISY_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+NOISY_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "AveragePool", "Add", "Sum"}
 ULP = {TensorProto.FLOAT: 2.0 ** -23, TensorProto.FLOAT16: 2.0 ** -10, TensorProto.BFLOAT16: 2.0 ** -7,
        TensorProto.DOUBLE: 2.0 ** -52}
 
