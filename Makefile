@@ -45,11 +45,11 @@ test-real: install-real
 
 lint: install
 	$(PY) -m pip install -q ruff
-	$(VENV)/bin/ruff check onnxrep models tests bench
+	$(VENV)/bin/ruff check onnxrep models tests peer_benchmarks
 
 bench: install
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) bench/run.py
+	$(PY) peer_benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -11,14 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
-from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxrep import io as _io
-from onnxrep.graph import import_model
+from onnxrep.ir.graph import import_model
+from onnxrep.export import from_graph
 from onnxrep.io import OnnxrepError
 from onnxrep.passes import DEFAULT_PIPELINE, Context, run_pipeline, select
 from onnxrep.report import Report, model_stats
@@ -54,55 +51,12 @@ class Result:
         return self.status in ("verified", "not verified") or (self.status == "unverified" and self.allow_unverified)
 
 
-def from_graph(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export `graph`, keeping the original model's identity: opsets, IR version, producer, metadata.
-
-    Unlike gs.export_onnx (which builds the graph, then copies it into a model), each initializer is
-    written once, straight into the new model, and the graph's numpy copy is released as soon as it is:
-    peak memory stays near one copy of the weights.
-    """
-    model = onnx.ModelProto()
-    _io._copy_fields(original, model, skip={"graph", "functions"})
-    model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
-    g = model.graph
-    g.name, g.doc_string = original.graph.name, original.graph.doc_string
-    g.node.extend(OnnxExporter.export_node(n) for n in graph.nodes)
-    g.input.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs)
-    g.output.extend(OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs)
-    interface = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
-    for tensor in graph.inputs:  # an input with a default value (see graph.import_model)
-        default = getattr(tensor, "default", None)
-        if default is not None:
-            default.name = tensor.name
-            _export_constant(g, default)
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant):
-            _export_constant(g, tensor)
-        elif tensor.name not in interface and (tensor.dtype is not None or tensor.shape is not None):
-            g.value_info.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))
-    return model
-
-
-def _export_constant(g: onnx.GraphProto, tensor: gs.Constant) -> None:
-    values = tensor._values
-    if isinstance(values, SparseValues):
-        g.sparse_initializer.add().CopyFrom(values.tensor)
-        return
-    proto = g.initializer.add()
-    if isinstance(values, LazyValues):
-        proto.CopyFrom(values.tensor)
-        proto.name = tensor.name
-    else:
-        array = np.asarray(values)
-        if array.dtype.kind in "OSU":  # strings: the helper knows their encoding
-            proto.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
-        else:
-            proto.name = tensor.name
-            proto.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
-            proto.dims.extend(array.shape)
-            proto.raw_data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    # the graph is finished: point the constant at the written proto and let its numpy copy go
-    tensor._values = LazyValues(proto)
+def _pipeline_notes(ctx: Context) -> list[str]:
+    run = ctx.facts.get("pipeline", {})
+    if run.get("converged", True):
+        return []
+    return [f"the passes were still changing the graph after {run['rounds']} rounds: the result is valid and "
+            f"verified as usual, but a further run of onnxrep may optimize it more (please report this model)"]
 
 
 def _as_tuple(value) -> tuple:
@@ -174,6 +128,7 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         outputs=outputs,
         verification=verification.to_dict() if verification else None,
         seconds={k: round(v, 3) for k, v in seconds.items()},
+        notes=_pipeline_notes(ctx),
     )
     return Result(model=optimized, report=report, verification=verification, source=info,
                   allow_unverified=allow_unverified)

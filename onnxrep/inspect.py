@@ -94,7 +94,7 @@ class Inspection:
 def inspect(model_or_path, *, aux: str = "auto", keep_outputs=(), drop_outputs=(),
             rename_outputs: bool = False, on_step=None) -> Inspection:
     """Describe a model (path or ModelProto) and dry-run the default pipeline on a copy of it."""
-    from onnxrep.graph import import_model
+    from onnxrep.ir.graph import import_model
     from onnxrep.passes import DEFAULT_PIPELINE, Context, run_pipeline
 
     step = on_step or (lambda _msg: None)

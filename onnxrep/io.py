@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from onnxrep.ir.private_api import all_tensors
+
 # Protobuf can't serialise a message over 2 GB; over this many bytes of tensors we save external data.
 # A module variable so that tests can lower it instead of building a 2 GB model.
 EXTERNAL_DATA_THRESHOLD = int(os.environ.get("ONNXREP_EXTERNAL_DATA_THRESHOLD", 2**31 - 2**26))
@@ -115,8 +117,8 @@ def check_model(model: onnx.ModelProto, label: str | os.PathLike = "model") -> N
 
 def structure_view(model: onnx.ModelProto) -> onnx.ModelProto:
     view = onnx.ModelProto()
-    _copy_fields(model, view, skip={"graph"})
-    _copy_fields(model.graph, view.graph, skip={"initializer"})
+    copy_fields(model, view, skip={"graph"})
+    copy_fields(model.graph, view.graph, skip={"initializer"})
     inputs = {i.name for i in model.graph.input}
     for tensor in model.graph.initializer:
         if not _is_large(tensor):
@@ -158,15 +160,11 @@ def _external_entries(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
-def _all_tensors(model: onnx.ModelProto):
-    return onnx.external_data_helper._get_all_tensors(model)
-
-
 def _check_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Every external-data file exists and is long enough; returns the distinct files."""
     files: dict[Path, int] = {}
     base = path.parent.resolve()
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = _external_entries(tensor)
@@ -187,7 +185,7 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
     total = 0
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         total += len(tensor.raw_data) if tensor.HasField("raw_data") else 0
     return total
 
@@ -250,12 +248,18 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it (os.umask(0) would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022   # no /proc (macOS, Windows): the usual default
 
 
-def _copy_fields(src, dst, skip: set[str]) -> None:
+def copy_fields(src, dst, skip: set[str]) -> None:
     """Copy every set field of a protobuf message except `skip` (cheap when the skipped ones are the big ones)."""
     for field, value in src.ListFields():
         if field.name in skip:
@@ -291,8 +295,8 @@ def _write_model(fh, model: onnx.ModelProto, data_fh=None, location: str | None 
     The caller's model is not modified.
     """
     head = onnx.ModelProto()
-    _copy_fields(model, head, skip={"graph"})
-    _copy_fields(model.graph, head.graph, skip={"initializer"})
+    copy_fields(model, head, skip={"graph"})
+    copy_fields(model.graph, head.graph, skip={"initializer"})
     offset = 0
     if data_fh is not None:  # tensors outside graph.initializer (Constant nodes, subgraphs): head is our copy
         offset = _move_to_external(head, data_fh, location, offset)
@@ -300,7 +304,7 @@ def _write_model(fh, model: onnx.ModelProto, data_fh=None, location: str | None 
     for tensor in model.graph.initializer:
         if data_fh is not None and _is_large(tensor):
             ref = onnx.TensorProto()
-            _copy_fields(tensor, ref, skip={"raw_data"})
+            copy_fields(tensor, ref, skip={"raw_data"})
             offset = _store_external(ref, tensor.raw_data, data_fh, location, offset)
             body = ref.SerializeToString()
         else:
@@ -341,7 +345,7 @@ def _tempfile(folder: Path, name: str, temps: list[Path]) -> Path:
 
 def _move_to_external(model: onnx.ModelProto, data_fh, location: str, offset: int) -> int:
     """Move every large tensor of `model` (which the caller owns) to the data file."""
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if _is_large(tensor):
             offset = _store_external(tensor, tensor.raw_data, data_fh, location, offset)
     return offset

@@ -96,11 +96,10 @@ def _canonical_view(view: onnx.ModelProto) -> onnx.ModelProto:
     follow (a chunk size computed with Div, TorchScript's dynamic-batch exports) folded where it is static."""
     import onnx_graphsurgeon as gs
 
-    from onnxrep.graph import model_opset
-    from onnxrep.passes import eliminate_dead_code
+    from onnxrep.ir.graph import eliminate_dead_code, model_opset
     from onnxrep.passes.base import Context
     from onnxrep.passes.cleanup import Canonicalize
-    from onnxrep.passes.cleanup_infer import weightless_view
+    from onnxrep.ir.shapes import weightless_view
 
     graph = gs.import_onnx(view)
     Canonicalize().run(graph, Context(opset=model_opset(graph)))
@@ -113,7 +112,7 @@ def count_macs(model: onnx.ModelProto, only: set[str] | None = None) -> int:
 
     only: count just the nodes whose first output is named in it (e.g. the part a pass removes)."""
     from onnxrep.io import structure_view
-    from onnxrep.passes.cleanup_infer import lift_constant_nodes
+    from onnxrep.ir.shapes import lift_constant_nodes
 
     try:  # shape inference needs dims, not bytes: large weights become typed inputs in a light copy
         view = structure_view(model)
@@ -174,6 +173,7 @@ class Report:
     outputs: dict = field(default_factory=dict)        # kept / dropped / renamed
     verification: dict | None = None
     seconds: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)         # one line each, about the run as a whole
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,6 +207,7 @@ class Report:
             r = self.outputs["removed"]
             lines.append(f"removed by pruning: {_num(r.get('parameters'))} parameters, {_num(r.get('macs'))} MACs, "
                          f"{_num(r.get('nodes'))} nodes ({_num(r.get('conv'))} Conv)")
+        lines.extend(f"note: {n}" for n in self.notes)
         if self.verification is not None:
             from onnxrep.verify import OutputCheck, Verification
 

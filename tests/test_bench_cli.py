@@ -277,7 +277,7 @@ def test_memory_is_measured_on_linux_and_none_elsewhere(monkeypatch):
     if Path("/proc/self/status").exists():
         assert grown >= 16 << 20
     del value
-    monkeypatch.setattr(bench, "_proc_status", lambda: None)
+    monkeypatch.setattr(bench.timing, "_proc_status", lambda: None)
     assert bench.measure_memory(lambda: 7) == (7, None)
 
 

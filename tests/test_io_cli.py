@@ -202,7 +202,7 @@ def test_unknown_pass_and_bad_shape_are_usage_errors(model_path):
 
 
 def _corrupting_fold(monkeypatch):
-    from onnxrep.passes import fold_batchnorm
+    from onnxrep.passes.batchnorm import conv as fold_batchnorm
 
     real = fold_batchnorm.scale_conv_weight
     monkeypatch.setattr(fold_batchnorm, "scale_conv_weight", lambda w, s, op, g: real(w, s, op, g) * 1.01)

@@ -10,9 +10,10 @@ import pytest
 from onnx import helper
 
 import onnxrep
+from onnxrep.export import from_graph
 from onnxrep.io import OnnxrepError
 from onnxrep.passes import Context, eliminate_dead_code
-from onnxrep.passes.prune_outputs import PruneOutputs, twin_reason
+from onnxrep.passes.prune import PruneOutputs, twin_reason
 from onnxrep.report import count_parameters
 from tests.graphs import init, make_model, vi
 
@@ -108,7 +109,7 @@ def run(model, **ctx):
 
 
 def export(graph, model):
-    return onnxrep.from_graph(graph, model)
+    return from_graph(graph, model)
 
 
 def output_names(model):

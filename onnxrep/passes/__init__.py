@@ -8,10 +8,11 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep.passes.base import Context, Pass, PassResult
+from onnxrep.ir.graph import eliminate_dead_code
+from onnxrep.passes.batchnorm import FoldBatchNorm
 from onnxrep.passes.cleanup import Canonicalize, Tidy
-from onnxrep.passes.fold_batchnorm import FoldBatchNorm
 from onnxrep.passes.merge_branches import MergeBranches
-from onnxrep.passes.prune_outputs import PruneOutputs
+from onnxrep.passes.prune import PruneOutputs
 
 DEFAULT_PIPELINE: tuple[Pass, ...] = (
     # Canonical form before matching: no Identity/Constant nodes between a Conv and its BN, static shape
@@ -47,11 +48,6 @@ def select(names: list[str] | None, pipeline=DEFAULT_PIPELINE) -> tuple[Pass, ..
     return tuple(p for p in pipeline if p.name in names)
 
 
-def eliminate_dead_code(graph: gs.Graph) -> None:
-    # Graph inputs are part of the model's interface: never removed, even when nothing reads them.
-    graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True).toposort()
-
-
 def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pass=None) -> dict[str, PassResult]:
     """Run `pipeline` to a fixed point. Returns per-pass results summed over rounds.
 
@@ -59,7 +55,8 @@ def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pa
     by a later pass (e.g. a BN that becomes foldable once a branch merge removes a second consumer).
     """
     totals = {p.name: PassResult() for p in pipeline}
-    for _ in range(_MAX_ROUNDS):
+    ctx.facts["pipeline"] = {"rounds": 0, "converged": True}
+    for rounds in range(1, _MAX_ROUNDS + 1):
         changed = False
         for p in pipeline:
             if on_pass:
@@ -73,9 +70,13 @@ def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pa
             if res.changed or not total.info:  # facts of the round that acted, not of the idle rounds after it
                 total.info.update(res.info)
             changed |= res.changed
+        ctx.facts["pipeline"]["rounds"] = rounds
         if not changed:
             break
+    else:  # every round changed something: the result is valid (each pass leaves a valid graph), not final
+        ctx.facts["pipeline"]["converged"] = False
     return totals
 
 
-__all__ = ["DEFAULT_PIPELINE", "Context", "Pass", "PassResult", "run_pipeline", "select", "pass_names"]
+__all__ = ["DEFAULT_PIPELINE", "Context", "Pass", "PassResult", "run_pipeline", "select", "pass_names",
+           "eliminate_dead_code"]

@@ -39,6 +39,7 @@ class Context:
     keep_outputs: tuple = ()          # names or indices (as strings/ints)
     drop_outputs: tuple = ()
     rename_outputs: bool = False
+    facts: dict = field(default_factory=dict)   # what a pass remembers across rounds, keyed by its name
 
 
 class Pass(Protocol):

@@ -37,6 +37,9 @@ Preconditions (each failure is a reason in the notes):
     count_include_pad 1 when it pads (a border window must divide by prod(k), as the Conv does); its
     kernel must fit in the Convs' (merging must never grow a Conv); strides, dilations and pads as a Conv.
 Weights are never mutated: the merged kernel and bias are new tensors with fresh names.
+
+One module of ~500 lines on purpose: it is one rule (an n-ary sum of branches), and its match, check and
+rewrite share the Branch/Plan types and the per-branch loaders below; split, each part would need the rest.
 """
 
 from __future__ import annotations
@@ -46,20 +49,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import (
-    Namer,
-    const_value,
-    conv_attrs,
-    is_graph_output,
-    is_std,
-    iter_graphs,
-    make_const,
-    np_dtype,
-    producer,
-    sole_consumer,
-)
+from onnxrep.ir.graph import Namer, conv_attrs, is_graph_output, is_std, iter_graphs, make_const, np_dtype, producer, sole_consumer
+from onnxrep.ir.constants import const_value
 from onnxrep.passes.base import Context, PassResult
-from onnxrep.passes.fold_batchnorm import bn_scale_shift, bn_training_reason
+from onnxrep.passes.batchnorm.common import bn_scale_shift, bn_training_reason
 
 _SUMS = ("Add", "Sum")
 _LINEAR = ("Conv", "AveragePool")  # what a branch may apply to x (then, optionally, a BatchNormalization)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, const_value, is_std, iter_graphs, producer, sole_consumer
+from onnxrep.ir.graph import Namer, is_std, iter_graphs, producer, sole_consumer
+from onnxrep.ir.constants import const_value
 from onnxrep.passes.base import PassResult
-from onnxrep.passes.cleanup_infer import Types
+from onnxrep.ir.shapes import Types
 
 
 def merge_chains(graph: gs.Graph, types: Types, namer: Namer, result: PassResult, stats: dict) -> None:

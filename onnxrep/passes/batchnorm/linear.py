@@ -16,13 +16,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, const_value, is_std, make_const, producer
-from onnxrep.passes.fold_batchnorm import bn_scale_shift, dtype_of, private_link, take_bn_output
+from onnxrep.ir.graph import Namer, is_std, make_const, producer
+from onnxrep.ir.constants import const_value
+from onnxrep.ir.ops import SAME_SHAPE
+from onnxrep.passes.batchnorm.common import bn_scale_shift, dtype_of, private_link, take_bn_output
 
 
-# Ops whose output has the rank of their first input (enough to see through a classifier head).
-_SAME_RANK = {"BatchNormalization", "Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Identity", "Dropout",
-              "Clip", "LeakyRelu", "Elu", "Gelu", "Softmax"}
 _BROADCAST = {"Mul", "Add", "Sub", "Div"}  # rank of the widest input
 
 
@@ -37,7 +36,7 @@ def _rank(tensor: gs.Tensor, depth: int = 0) -> int | None:
         return None
     if node.op in ("Gemm", "Flatten"):
         return 2
-    if node.op in _SAME_RANK or (node.op == "MatMul" and _rank(node.inputs[1], depth + 1) == 2):
+    if node.op in SAME_SHAPE or (node.op == "MatMul" and _rank(node.inputs[1], depth + 1) == 2):
         return _rank(node.inputs[0], depth + 1)
     if node.op in _BROADCAST:
         ranks = [_rank(t, depth + 1) for t in node.inputs]

@@ -1,6 +1,7 @@
 """Where onnxrep's time and memory go on one model: what `onnxrep optimize --no-verify` does, in-process.
 
-    python bench/profile_optimize.py bench/work/models/yolov9-e-bn.onnx [--json out.json] [--modes rss,cprofile,tracemalloc]
+    python peer_benchmarks/profile_optimize.py peer_benchmarks/work/models/yolov9-e-bn.onnx \\
+        [--json out.json] [--modes rss,cprofile,tracemalloc]
 
 Three fresh processes, one per mode:
 - rss: wall time and resident memory per phase (load, onnx -> graph import, each pass, dead-code

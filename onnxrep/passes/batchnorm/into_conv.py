@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, conv_attrs, is_std, make_const
-from onnxrep.passes.fold_batchnorm import bn_scale_shift, dtype_of, private_link, weight_and_bias
+from onnxrep.ir.graph import Namer, conv_attrs, is_std, make_const
+from onnxrep.passes.batchnorm.common import bn_scale_shift, dtype_of, private_link, weight_and_bias
 
 
 def input_channel_map(weight_shape: tuple, group: int) -> np.ndarray:

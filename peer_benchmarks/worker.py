@@ -1,8 +1,8 @@
 """Measurements that run in a process of their own, so that a model that crashes onnxruntime, or the
-memory of a dozen sessions, never touches the benchmark driver (bench/run.py).
+memory of a dozen sessions, never touches the benchmark driver (peer_benchmarks/run.py).
 
-    python bench/worker.py quality SPEC.json OUT.jsonl   # counts, loads?, error of the main output
-    python bench/worker.py latency SPEC.json OUT.jsonl   # alternating onnxruntime CPU latency
+    python peer_benchmarks/worker.py quality SPEC.json OUT.jsonl   # counts, loads?, error of the main output
+    python peer_benchmarks/worker.py latency SPEC.json OUT.jsonl   # alternating onnxruntime CPU latency
 
 Each writes one JSON object per line as it goes (flushed), so after a crash the driver knows how far
 it got and restarts it on the rest.
@@ -189,7 +189,7 @@ def latency(spec: dict, fh) -> None:
         labels.append(item["label"])
     # Warm-up: whole alternating rounds once every session is open. A session's first *two* runs are up to
     # 2x slow on yolov9-c/e (the first records onnxruntime's memory pattern, the second allocates and first
-    # touches the planned buffer), so bench/run.py asks for two.
+    # touches the planned buffer), so peer_benchmarks/run.py asks for two.
     times, errors = alternate(runners, warmup=max(1, spec.get("warmup", 2)), min_rounds=spec.get("min_runs", 2),
                               max_rounds=spec.get("runs", 5), deadline=spec.get("deadline"))
     _emit(fh, {"times": dict(zip(labels, times)), "errors": {labels[i]: e for i, e in errors.items()}})

@@ -25,14 +25,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, evaluate_node, redirect_readers, is_graph_output, is_std, iter_graphs, make_const, model_opset, producer
+from onnxrep.ir.graph import (Namer, is_graph_output, is_std, iter_graphs, make_const, model_opset, redirect_readers, shape_range)
+from onnxrep.ir.ops import RANDOM
+from onnxrep.ir.constants import evaluate_node
 from onnxrep.passes.base import PassResult
-from onnxrep.passes.cleanup_infer import DimRoots, Types, _is_static, elem_type
-from onnxrep.passes.cleanup_noops import bypass
+from onnxrep.ir.dims import DimRoots
+from onnxrep.ir.private_api import constant_attr_export_dtype, elem_type, nbytes
+from onnxrep.ir.shapes import Types, is_static, shape_entries
+from onnxrep.passes.cleanup.noops import bypass
 
-_RANDOM = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 # Sequence / optional / control-flow ops: their values aren't tensors (SplitToSequence has its own rewrite).
-_NOT_FOLDED = _RANDOM | {"Identity", "Constant", "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty",
+_NOT_FOLDED = RANDOM | {"Identity", "Constant", "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty",
                          "SequenceInsert", "SequenceErase", "SequenceAt", "SplitToSequence", "ConcatFromSequence",
                          "SequenceLength", "SequenceMap", "Optional", "OptionalGetElement", "OptionalHasElement"}
 _GROWTH_LIMIT = 1 << 20     # bytes a fold may add beyond what its inputs hold
@@ -112,7 +115,7 @@ def _fold_constant_node(graph, node, result, stats) -> None:
     export_dtype = None
     if "value" in attrs and isinstance(attrs["value"], gs.Constant):
         value = np.asarray(attrs["value"].values)
-        export_dtype = attrs["value"]._export_dtype
+        export_dtype = constant_attr_export_dtype(attrs["value"])
     else:
         value = None
         for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
@@ -159,27 +162,18 @@ def _fold_castlike(graph, node, types, namer, result, stats) -> None:
     result.applied()
 
 
-def _shape_range(node: gs.Node, rank: int) -> tuple[int, int]:
-    start = int(node.attrs.get("start", 0))
-    end = node.attrs.get("end")
-    start = min(max(0, start + rank if start < 0 else start), rank)
-    end = rank if end is None else int(end)
-    end = min(max(0, end + rank if end < 0 else end), rank)
-    return start, end
-
-
 def _fold_shape(graph, node, types, partial, result, stats) -> None:
     dims = types.dims(node.inputs[0])
     if dims is None:
         return
     if node.op == "Size":
-        if all(_is_static(d) for d in dims) and _foldable_outputs(graph, node):
+        if all(is_static(d) for d in dims) and _foldable_outputs(graph, node):
             _replace_with_constant(graph, node, [np.asarray(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)])
             stats["Size"] = stats.get("Size", 0) + 1
             result.applied()
         return
-    start, end = _shape_range(node, len(dims))
-    picked = [int(d) if _is_static(d) else None for d in dims[start:end]]
+    start, end = shape_range(node, len(dims))
+    picked = [int(d) if is_static(d) else None for d in dims[start:end]]
     if all(d is not None for d in picked):
         if _foldable_outputs(graph, node):
             _replace_with_constant(graph, node, [np.asarray(picked, dtype=np.int64)])
@@ -254,55 +248,6 @@ def _fold_reshape_target(graph, node, types, roots, namer, result, stats) -> Non
     result.applied()
 
 
-_SHAPE_OPS = {"Shape", "Gather", "Slice", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity"}
-
-
-def shape_entries(tensor: gs.Tensor, types: Types, depth: int = 0) -> list | None:
-    """A 1-D (or scalar) int tensor read symbolically: per element an int, ``(tensor, axis)`` for a symbolic
-    dim of that tensor, or None (unknown). None for the whole when even the length is unknown."""
-    if isinstance(tensor, gs.Constant):
-        v = np.asarray(tensor.values)
-        return [int(x) for x in v.reshape(-1)] if v.ndim <= 1 and v.dtype.kind in "iu" else None
-    node = producer(tensor)
-    if node is None or depth > 16 or not is_std(node, *_SHAPE_OPS):
-        return _unknown_entries(tensor, types)
-    if node.op == "Shape":
-        dims = types.dims(node.inputs[0])
-        if dims is None:
-            return _unknown_entries(tensor, types)
-        start, end = _shape_range(node, len(dims))
-        return [int(d) if _is_static(d) else (node.inputs[0], k) for k, d in enumerate(dims) if start <= k < end]
-    if node.op == "Concat":
-        parts = [shape_entries(t, types, depth + 1) for t in node.inputs]
-        return None if any(p is None for p in parts) else [e for p in parts for e in p]
-    inner = shape_entries(node.inputs[0], types, depth + 1)
-    if inner is None:
-        return _unknown_entries(tensor, types)
-    if node.op in ("Unsqueeze", "Squeeze", "Identity") or (node.op == "Cast" and int(node.attrs.get("to", 0)) in (
-            onnx.TensorProto.INT64, onnx.TensorProto.INT32)):
-        return inner
-    try:
-        if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0 and isinstance(node.inputs[1], gs.Constant):
-            idx = np.asarray(node.inputs[1].values).reshape(-1)
-            return [inner[int(i)] for i in idx]
-        if node.op == "Slice" and all(isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name):
-            args = [np.asarray(t.values).reshape(-1) if t.name else None for t in node.inputs[1:]]
-            if len(args) > 2 and args[2] is not None and not np.all((args[2] == 0) | (args[2] == -1)):
-                return _unknown_entries(tensor, types)
-            step = int(args[3][0]) if len(args) > 3 and args[3] is not None else 1
-            return inner[slice(int(args[0][0]), int(min(args[1][0], 2**62)), step)]
-    except (IndexError, ValueError, TypeError):
-        pass
-    return _unknown_entries(tensor, types)
-
-
-def _unknown_entries(tensor: gs.Tensor, types: Types) -> list | None:
-    dims = types.dims(tensor)
-    if dims is None or len(dims) > 1 or (len(dims) == 1 and not _is_static(dims[0])):
-        return None
-    return [None] * (int(dims[0]) if dims else 1)
-
-
 def _fold_node(graph, node, opset, types, result, stats) -> None:
     inputs = [t for t in node.inputs if t.name]
     if not all(isinstance(t, gs.Constant) for t in inputs) or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
@@ -313,7 +258,7 @@ def _fold_node(graph, node, opset, types, result, stats) -> None:
     if isinstance(outs, str):
         result.decline(node, f"{node.op} not folded: {outs}")
         return
-    in_bytes = sum(t._values.nbytes for t in inputs)
+    in_bytes = sum(nbytes(t) for t in inputs)
     out_bytes = sum(v.nbytes for v in outs)
     if out_bytes > in_bytes + _GROWTH_LIMIT and not all(
             (r.op, i) in _WEIGHT_SLOTS for o in node.outputs for r in o.outputs for i, t in enumerate(r.inputs)

@@ -1,23 +1,23 @@
 """`make bench`: onnxrep against its peers on YOLOv9, measured side by side in one run.
 
-    python bench/run.py                        # everything: yolov9-t/c/e x bn/folded/fused x every tool
-    python bench/run.py --models t --runs 1 --out /tmp/bench     # a quick look while developing
-    python bench/run.py --report-only          # re-render BENCHMARKS.md and the plot from the JSON
+    python peer_benchmarks/run.py                        # everything: yolov9-t/c/e x bn/folded/fused x every tool
+    python peer_benchmarks/run.py --models t --runs 1 --out /tmp/bench     # a quick look while developing
+    python peer_benchmarks/run.py --report-only          # re-render BENCHMARKS.md and the plot from the JSON
 
 Steps, per model and input form:
-1. build the input with the models/ builder into bench/work/models/ (cached; rebuilt when models/ changes);
+1. build the input with the models/ builder into peer_benchmarks/work/models/ (cached; rebuilt when models/ changes);
 2. run every tool on it in a fresh process, several runs interleaved tool by tool (A B C A B C), timing
    the wall clock and reading the child's peak resident memory from wait4(); onnxrep runs with
    --no-verify and reports its own load/optimize split, then once more with verification for its time;
-3. in a separate process (bench/worker.py quality): node/Conv/BN/parameter counts, whether onnxruntime
+3. in a separate process (peer_benchmarks/worker.py quality): node/Conv/BN/parameter counts, whether onnxruntime
    loads the result, and the error of the main output against the original's, both in onnxruntime with
    graph optimizations off, on the same seeded input; plus the original under ORT's full optimizations
    as the floor that deployment itself adds;
-4. in a separate process (bench/worker.py latency): onnxruntime CPU latency of the original and every
+4. in a separate process (peer_benchmarks/worker.py latency): onnxruntime CPU latency of the original and every
    result, the sessions alternating run by run (onnxrep.bench.time_alternating), main output only,
    ORT's default optimizations, the same thread count for all.
 Then the targets of issue 6 are judged (PASS/FAIL printed and stored), onnxrep is profiled on yolov9-e
-(bench/profile_optimize.py) and bench/report.py writes BENCHMARKS.md and the PNG.
+(peer_benchmarks/profile_optimize.py) and peer_benchmarks/report.py writes BENCHMARKS.md and the PNG.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.tools import BY_NAME, PEERS, TOOLS  # noqa: E402
+from peer_benchmarks.tools import BY_NAME, PEERS, TOOLS  # noqa: E402
 
 SCHEMA = "onnxrep.peer-bench/1"
 MODELS = ("yolov9-t", "yolov9-c", "yolov9-e")
@@ -294,7 +294,7 @@ def optimize_input(model: str, form: str, inp: dict, tools: list[str], plan: dic
 
 
 def run_worker(command: str, spec: dict, work: Path, tag: str) -> list[dict]:
-    """bench/worker.py in a fresh process; if it dies, the item it was on is marked and it goes on."""
+    """peer_benchmarks/worker.py in a fresh process; if it dies, the item it was on is marked and it goes on."""
     folder = work / "workers"
     folder.mkdir(parents=True, exist_ok=True)
     spec_path, out_path, err_path = folder / f"{tag}.json", folder / f"{tag}.jsonl", folder / f"{tag}.err"
@@ -584,7 +584,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
 
-    from bench import report
+    from peer_benchmarks import report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -674,7 +674,7 @@ def main(argv=None) -> int:
     results["targets"].append({"target": "make bench <= 20 minutes", "model": "", "form": "",
                                "value": results["duration_s"], "limit": TARGETS["bench_s"],
                                "pass": results["duration_s"] <= TARGETS["bench_s"],
-                               "detail": "bench/run.py wall time (without the pip install step)"})
+                               "detail": "peer_benchmarks/run.py wall time (without the pip install step)"})
     json_path.write_text(json.dumps(results, indent=1, default=float))
     report.render(results, Path(args.markdown), out)
     print()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer, const_value, is_graph_output, is_std, iter_graphs, make_const, model_opset
+from onnxrep.ir.graph import Namer, is_graph_output, is_std, iter_graphs, make_const, model_opset
+from onnxrep.ir.constants import const_value
 from onnxrep.passes.base import PassResult
-from onnxrep.passes.cleanup_infer import Types, _is_static
+from onnxrep.ir.shapes import Types, is_static
 
 
 def split_sequences(graph: gs.Graph, types: Types, namer: Namer, result: PassResult, stats: dict) -> None:
@@ -57,12 +58,12 @@ def _check(graph: gs.Graph, node: gs.Node, types: Types):
         else:
             size = int(split)
             dim = dims[axis] if dims is not None and axis < len(dims) else None
-            if not _is_static(dim) or size <= 0:
+            if not is_static(dim) or size <= 0:
                 return "chunk count depends on a dim that is not static"
             sizes = [size] * (dim // size) + ([dim % size] if dim % size else [])
     else:
         dim = dims[axis] if dims is not None and axis < len(dims) else None
-        if not _is_static(dim):
+        if not is_static(dim):
             return "chunk count depends on a dim that is not static"
         sizes = [1] * dim
         squeeze = keepdims == 0

@@ -1,18 +1,18 @@
 """cleanup: the smallest standard graph. Two pipeline passes, each a driver over one-family modules.
 
 ``canonicalize`` (first in the pipeline, so the structural passes match clean graphs):
-    cleanup_noops.remove_noops          Identity, inference Dropout, no-op Reshape/Transpose/Cast/Slice/...
-    cleanup_constants.fold_constants    Constant nodes -> initializers, constant subgraphs, static shape
+    noops.remove_noops          Identity, inference Dropout, no-op Reshape/Transpose/Cast/Slice/...
+    constants.fold_constants    Constant nodes -> initializers, constant subgraphs, static shape
                                         chains, CastLike
-    cleanup_sequences.split_sequences   SplitToSequence + SequenceAt -> Split
-    cleanup_chains.merge_chains         Concat of Concat, Reshape of Reshape, Transpose of Transpose -> one
+    sequences.split_sequences   SplitToSequence + SequenceAt -> Split
+    chains.merge_chains         Concat of Concat, Reshape of Reshape, Transpose of Transpose -> one
 ``tidy`` (last, once the graph has stopped changing shape):
-    cleanup_dedup.dedup_initializers    equal initializers -> one
-    cleanup_dedup.merge_duplicate_nodes equal nodes on equal inputs -> one
-    cleanup_value_info.refresh_value_info  value_info that contradicts the graph -> inferred
+    dedup.dedup_initializers    equal initializers -> one
+    dedup.merge_duplicate_nodes equal nodes on equal inputs -> one
+    value_info.refresh_value_info  value_info that contradicts the graph -> inferred
 Unused initializers and dead value_info need no rule: gs exports only what live nodes reference.
 
-Each family reads static shapes from one shape inference per sweep (cleanup_infer); a sweep repeats until
+Each family reads static shapes from one shape inference per sweep (ir/shapes.py); a sweep repeats until
 nothing changes, so one pipeline round leaves the graph at its fixed point and the next reports 0 changes.
 """
 
@@ -20,23 +20,17 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Namer
+from onnxrep.ir.graph import Namer, eliminate_dead_code
 from onnxrep.passes.base import Context, PassResult
-from onnxrep.passes.cleanup_chains import merge_chains
-from onnxrep.passes.cleanup_constants import fold_constants
-from onnxrep.passes.cleanup_dedup import dedup_initializers, merge_duplicate_nodes
-from onnxrep.passes.cleanup_infer import infer_types
-from onnxrep.passes.cleanup_noops import drop_zero_biases, remove_noops
-from onnxrep.passes.cleanup_sequences import split_sequences
-from onnxrep.passes.cleanup_value_info import refresh_value_info
+from onnxrep.passes.cleanup.chains import merge_chains
+from onnxrep.passes.cleanup.constants import fold_constants
+from onnxrep.passes.cleanup.dedup import dedup_initializers, merge_duplicate_nodes
+from onnxrep.passes.cleanup.noops import drop_zero_biases, remove_noops
+from onnxrep.passes.cleanup.sequences import split_sequences
+from onnxrep.passes.cleanup.value_info import refresh_value_info
+from onnxrep.ir.shapes import infer_types
 
 _MAX_SWEEPS = 8
-
-
-def _dce(graph: gs.Graph) -> None:
-    from onnxrep.passes import eliminate_dead_code  # the pipeline's own DCE (import here: no cycle)
-
-    eliminate_dead_code(graph)
 
 
 class Canonicalize:
@@ -49,7 +43,7 @@ class Canonicalize:
         for sweep in range(_MAX_SWEEPS):
             before = result.count
             if sweep:
-                _dce(graph)
+                eliminate_dead_code(graph)
             types = infer_types(graph)
             result.notes = []   # only the last sweep's declines: earlier ones may have been resolved
             remove_noops(graph, types, result, stats)
@@ -76,8 +70,8 @@ class Tidy:
             merge_duplicate_nodes(graph, result, stats)
             if result.count == before:
                 break
-            _dce(graph)
-        _dce(graph)
+            eliminate_dead_code(graph)
+        eliminate_dead_code(graph)
         refresh_value_info(graph, infer_types(graph), result, stats)
         result.info["tidy"] = dict(sorted(stats.items()))
         return result

@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxrep.passes.base import PassResult
-from onnxrep.passes.cleanup_infer import TypeInfo, Types, _is_static, elem_type
+from onnxrep.ir.shapes import TypeInfo, Types, is_static, elem_type
 
 
 def refresh_value_info(graph: gs.Graph, types: Types, result: PassResult, stats: dict) -> None:
@@ -53,8 +53,8 @@ def _conflict(tensor: gs.Variable, found: TypeInfo, symbolic: set) -> str | None
     if len(tensor.shape) != len(found.dims):
         return "rank"
     for a, b in zip(tensor.shape, found.dims):
-        if _is_static(a) and _is_static(b) and int(a) != int(b):
+        if is_static(a) and is_static(b) and int(a) != int(b):
             return "dim"
-        if _is_static(a) and isinstance(b, str) and b in symbolic:
+        if is_static(a) and isinstance(b, str) and b in symbolic:
             return "dim"
     return None

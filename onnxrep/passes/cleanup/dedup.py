@@ -19,7 +19,8 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import const_bytes, is_graph_output, is_std, iter_graphs, redirect_readers
+from onnxrep.ir.graph import is_graph_output, is_std, iter_graphs, redirect_readers
+from onnxrep.ir.constants import const_bytes
 from onnxrep.passes.base import PassResult
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",

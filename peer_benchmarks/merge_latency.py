@@ -1,7 +1,7 @@
 """onnxruntime CPU latency of a model before and after merge_branches alone (RepConv re-parameterization).
 
-    python bench/merge_latency.py                      # yolov9-c, folded form, 640x640
-    python bench/merge_latency.py --model yolov9-t --imgsz 320 --runs 30
+    python peer_benchmarks/merge_latency.py                      # yolov9-c, folded form, 640x640
+    python peer_benchmarks/merge_latency.py --model yolov9-t --imgsz 320 --runs 30
 
 The "before" model is the builder's `folded` form (BN folded, RepConvN still two Convs + Add: what an
 export that skipped fuse() carries); "after" is that model through `merge_branches` only, so the ratio

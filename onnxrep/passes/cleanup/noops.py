@@ -22,9 +22,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import const_value, is_graph_output, is_std, iter_graphs, model_opset, producer, redirect_readers, replace_input
+from onnxrep.ir.graph import is_graph_output, is_std, iter_graphs, model_opset, producer, redirect_readers, replace_input
+from onnxrep.ir.constants import const_value
 from onnxrep.passes.base import PassResult
-from onnxrep.passes.cleanup_infer import Types, _is_static
+from onnxrep.ir.shapes import Types, is_static
 
 _BIG = 1 << 62   # "to the end" in Slice is written as INT64_MAX or INT32_MAX by exporters; anything huge
 
@@ -149,7 +150,7 @@ def _reshape(node, types, opset):
         for i, (s, d) in enumerate(zip(target.tolist(), dims)):
             if s == 0 and not allowzero:
                 continue
-            if _is_static(d) and s == d:
+            if is_static(d) and s == d:
                 continue
             free.append((i, s))
         if not free:
@@ -194,7 +195,7 @@ def _slice(node, types, opset):
             return False
         if end >= _BIG or end >= 2**31 - 1:
             continue
-        if not (_is_static(dims[axis]) and end >= dims[axis]):
+        if not (is_static(dims[axis]) and end >= dims[axis]):
             return False
     return True
 
@@ -204,7 +205,7 @@ def _broadcast_keeps(dims, shape) -> bool:
     if dims is None or len(shape) > len(dims):
         return False
     for s, d in zip(reversed(list(shape)), reversed(list(dims))):
-        if s != 1 and not (_is_static(d) and s == d):
+        if s != 1 and not (is_static(d) and s == d):
             return False
     return True
 

@@ -1,0 +1,87 @@
+"""What every BatchNormalization rule (and merge_branches) asks of a BN: its affine form, whether it is in
+training mode, whether the tensor between two folded nodes can disappear; and the re-wiring every fold ends
+with. BN(x) = s*x + t per channel, s = gamma / sqrt(var + eps), t = beta - mean*s (each node's own eps),
+in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep.ir.constants import const_value
+from onnxrep.ir.graph import is_graph_output, np_dtype
+
+
+def bn_training_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
+    """Why this BatchNormalization uses batch statistics (and so must not be folded), or None."""
+    if int(bn.attrs.get("training_mode", 0)) != 0:
+        return "BatchNormalization in training mode (training_mode=1): it uses batch statistics"
+    if "is_test" in bn.attrs and int(bn.attrs["is_test"]) == 0:
+        return "BatchNormalization in training mode (is_test=0)"
+    if int(bn.attrs.get("spatial", 1)) == 0:
+        return "BatchNormalization with spatial=0 (per-element statistics)"
+    for extra in bn.outputs[1:]:
+        if extra.outputs or is_graph_output(graph, extra):
+            return "BatchNormalization running-statistics outputs are used (training form)"
+    return None
+
+
+def bn_scale_shift(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | str:
+    """(s, t) in float64 with BN(x) = s*x + t per channel, or the reason the parameters aren't usable."""
+    params = [const_value(t) if t.name else None for t in bn.inputs[1:5]]
+    if len(bn.inputs) < 5 or any(p is None for p in params):
+        return "BatchNormalization parameters are not constant"
+    gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)
+    if not (gamma.size == beta.size == mean.size == var.size):
+        return "BatchNormalization parameters have different lengths"
+    eps = float(bn.attrs.get("epsilon", 1e-5))
+    scale = gamma / np.sqrt(var + eps)
+    return scale, beta - mean * scale
+
+
+def scale_conv_weight(weight: np.ndarray, scale: np.ndarray, op: str, group: int) -> np.ndarray:
+    """Multiply each output channel's kernel by scale[o] (float64 in, float64 out)."""
+    if op == "Conv":
+        return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    c_in, m_per_group = weight.shape[:2]
+    w = weight.reshape((group, c_in // group, m_per_group) + weight.shape[2:])
+    s = scale.reshape((group, 1, m_per_group) + (1,) * (weight.ndim - 2))
+    return (w * s).reshape(weight.shape)
+
+
+def out_channels(weight_shape: tuple, op: str, group: int) -> int:
+    return weight_shape[0] if op == "Conv" else weight_shape[1] * group
+
+
+def private_link(graph: gs.Graph, tensor: gs.Tensor, what: str) -> str | None:
+    """Reason why `tensor` (between the two folded nodes) can't disappear, or None."""
+    if is_graph_output(graph, tensor):
+        return f"{what} output is a graph output"
+    if len(tensor.outputs) != 1:
+        return f"{what} output has {len(tensor.outputs)} consumers"
+    return None
+
+
+def weight_and_bias(node: gs.Node, bias_index: int = 2):
+    """(weight, bias or None) of a node's constant parameters, or the reason they aren't constant."""
+    weight = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None:
+        return f"{node.op} weight is not constant"
+    bias = None
+    if len(node.inputs) > bias_index and node.inputs[bias_index].name:
+        bias = const_value(node.inputs[bias_index])
+        if bias is None:
+            return f"{node.op} bias is not constant"
+    return weight, bias
+
+
+def dtype_of(tensor: gs.Tensor, fallback: np.ndarray):
+    return np_dtype(tensor) or fallback.dtype
+
+
+def take_bn_output(node: gs.Node, bn: gs.Node) -> None:
+    """Re-wire: `node` now produces the BN's output tensor (its name, so graph outputs stay intact)."""
+    out = bn.outputs[0]
+    bn.inputs.clear()
+    bn.outputs.clear()
+    node.outputs = [out]
