@@ -183,8 +183,19 @@ class Net:
             ys.append(self.maxpool(ys[-1], sc.attr(cv).attr("m"), 5, 1))
         return self.conv(self.concat(ys, sc), sc.attr("cv5"), c2, 1)
 
-    def resize(self, x: T, sc, h, w):
-        """Nearest Resize as PyTorch exports interpolate/Upsample (asymmetric, floor)."""
+    def resize(self, x: T, sc, h, w, sized=False):
+        """Nearest Resize as PyTorch exports interpolate/Upsample (asymmetric, floor).
+
+        sized: interpolate(x, size=...), as CBFuse calls it. With a symbolic batch TorchScript writes its
+        sizes as Concat(Shape(x)[0:2], [h, w]): the batch of the result is read off x at run time."""
+        if sized and self.o.shape_chains and isinstance(self.o.batch, str):
+            g, where = self.g, _where(sc)
+            lead = g.node("Slice", [g.node("Shape", [x.name], sc.op("Shape")), g.ints(where, [0]), g.ints(where, [2]),
+                                    g.ints(where, [0])], sc.op("Slice"))
+            sizes = g.node("Concat", [lead, g.ints(where, [h, w])], sc.op("Concat"), axis=0)
+            y = g.node("Resize", [x.name, "", "", sizes], sc.op("Resize"), coordinate_transformation_mode="asymmetric",
+                       cubic_coeff_a=-0.75, mode="nearest", nearest_mode="floor")
+            return x.to(y, h=h, w=w)
         scales = self.g.const(_where(sc), [1.0, 1.0, h / x.h, w / x.w], keep_float32=True,
                               value_floats=self.o.scales_value_floats)
         y = self.g.node("Resize", [x.name, "", scales], sc.op("Resize"),
@@ -204,7 +215,7 @@ class Net:
 
     def cbfuse(self, parts, target: T, sc):
         """Sum of the picked CBLinear parts, each resized to the target's H x W, and the target."""
-        rs = [self.resize(p, sc, target.h, target.w) for p in parts]
+        rs = [self.resize(p, sc, target.h, target.w, sized=True) for p in parts]
         if self.o.cbfuse == "add":
             acc = rs[0]
             for r in rs[1:] + [target]:

@@ -274,3 +274,23 @@ def test_property_fold_is_exact(case):
         assert_same(model, result.model, rtol=2e-2, atol=2e-2)
     else:
         assert_same(model, result.model)
+
+
+def test_constant_chains_are_evaluated_at_the_models_opset():
+    """Regression: const_value ran its chains at the newest opset. At opset 11 Unsqueeze takes its axes as
+    an attribute (an input from 13), so a weight computed by Unsqueeze was 'not constant' and the BN stayed."""
+    from onnx import helper
+
+    from tests.graphs import bn_params, init, make_model, vi
+
+    rng = np.random.default_rng(0)
+    bn = bn_params(rng, 1)
+    nodes = [helper.make_node("Unsqueeze", ["w3"], ["w"], axes=[0]),
+             helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"], epsilon=1e-3)]
+    inits = [init("w3", rng.normal(size=(2, 3, 3)).astype(np.float32)),
+             *(init(k, bn[n]) for k, n in (("s", "scale"), ("b", "bias"), ("m", "mean"), ("v", "var")))]
+    model = make_model(nodes, [vi("x", shape=[1, 2, 5, 5])], [vi("y")], inits, opset=11)
+    result = onnxrep.optimize(model, passes=["fold_batchnorm"])
+    assert result.verified, result.report.text()
+    assert not any(n.op_type == "BatchNormalization" for n in result.model.graph.node), result.report.text()

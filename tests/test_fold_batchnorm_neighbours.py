@@ -184,3 +184,51 @@ def test_property_bn_before_conv(group, c_mult, m_mult, spatial, k, bias, seed):
 def test_property_gemm(bn_side, trans_b, bias, alpha, beta, n, k, m):
     result = fold(gemm_model(bn_side=bn_side, trans_b=trans_b, bias=bias, alpha=alpha, beta=beta, n=n, k=k, m=m))
     assert count_ops(result.model, "BatchNormalization") == 0
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 1, 4), (1, 4), (4,)])
+def test_bn_then_matmul_add_keeps_the_bias_rank(bias_shape):
+    """Regression: BN -> MatMul -> Add with a [1, 1, M] bias reshaped the bias to [M], so the output lost a rank."""
+    rng = np.random.default_rng(0)
+    inits = [init("W", rng.standard_normal((5, 4)).astype(np.float32)),
+             init("c", rng.standard_normal(bias_shape).astype(np.float32))]
+    nodes = [bn_node("x", "xa", "bn", rng, 5, inits), helper.make_node("MatMul", ["xa", "W"], ["m"]),
+             helper.make_node("Add", ["m", "c"], ["y"])]
+    model = make_model(nodes, [vi("x", shape=[3, 5])], [vi("y")], inits)
+    result = fold(model)
+    assert count_ops(result.model, "BatchNormalization") == 0
+    out = onnx.shape_inference.infer_shapes(result.model).graph.output[0]
+    assert len(out.type.tensor_type.shape.dim) == max(2, len(bias_shape))
+
+
+@pytest.mark.parametrize("form", ["pooled", "unsqueezed"])
+def test_classifier_bn1d_as_exporters_write_it(form):
+    """Regression (timm RepViT TorchScript exports kept both head BNs): BatchNorm1d after a global pool, as
+    ReduceMean(keepdims=0) -> BN -> Gemm (rank 2 known only from shape inference) or, from the legacy
+    exporter, Unsqueeze -> BN on [N, C, 1] -> Squeeze -> Gemm."""
+    rng = np.random.default_rng(0)
+    inits = [init("W", rng.standard_normal((6, 5)).astype(np.float32)), init("b", rng.standard_normal(6).astype(np.float32)),
+             init("axes", np.array([2], np.int64))]
+    nodes = [helper.make_node("ReduceMean", ["x"], ["p"], axes=[2, 3], keepdims=0)]
+    if form == "pooled":
+        nodes.append(bn_node("p", "q", "bn", rng, 5, inits))
+    else:
+        nodes += [helper.make_node("Unsqueeze", ["p", "axes"], ["p3"]), bn_node("p3", "q3", "bn", rng, 5, inits),
+                  helper.make_node("Squeeze", ["q3", "axes"], ["q"])]
+    nodes.append(helper.make_node("Gemm", ["q", "W", "b"], ["y"], transB=1))
+    model = make_model(nodes, [vi("x", shape=["N", 5, 4, 4])], [vi("y")], inits)
+    result = onnxrep.optimize(model)
+    assert result.verified, result.report.text()
+    assert count_ops(result.model, "BatchNormalization") == 0, result.report.text(verbose=True)
+    assert count_ops(result.model, "Squeeze") + count_ops(result.model, "Unsqueeze") == 0
+
+
+def test_unsqueeze_onto_the_channel_axis_is_left_alone():
+    """Unsqueeze(x, [1]) -> BN -> Squeeze: the BN's channels are the new unit axis, not x's features."""
+    rng = np.random.default_rng(0)
+    inits = [init("axes", np.array([1], np.int64))]
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["x3"]), bn_node("x3", "y3", "bn", rng, 1, inits),
+             helper.make_node("Squeeze", ["y3", "axes"], ["y"])]
+    model = make_model(nodes, [vi("x", shape=[2, 5])], [vi("y")], inits)
+    result = onnxrep.optimize(model, passes=["canonicalize"])
+    assert result.verified and count_ops(result.model, "Squeeze") == count_ops(result.model, "Unsqueeze") == 1

@@ -491,6 +491,41 @@ def test_shape_read_never_rewired_to_a_tensor_computed_from_it():
     onnx.checker.check_model(result.model, full_check=True)
 
 
+def test_reshape_target_pieces_of_several_elements_map_to_the_right_axes():
+    """Regression: a Reshape target Concat(Shape(z)[0:2], Unsqueeze(Gather(Shape(x), 1)), [1]) was read as one
+    element per piece, so R's axis 1 (z's T) was taken for x's S, and the kept output's read of a dropped
+    tensor's S was re-pointed at R: the result computed a different shape whenever S != T."""
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("Unsqueeze", ["z", "ax2"], ["z3"]),                       # [N, T, 1]
+        helper.make_node("Unsqueeze", ["x", "ax1"], ["x3"]),                       # [N, 1, S]
+        helper.make_node("MatMul", ["z3", "x3"], ["w"]),                            # [N, T, S]
+        helper.make_node("Shape", ["z"], ["zs"], start=0, end=2),
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Gather", ["xs", "one"], ["s"], axis=0),
+        helper.make_node("Unsqueeze", ["s", "ax0"], ["s1"]),
+        helper.make_node("Concat", ["zs", "s1", "ones"], ["target"], axis=0),
+        helper.make_node("Reshape", ["w", "target"], ["r"]),                        # [N, T, S, 1]
+        helper.make_node("Unsqueeze", ["x", "ax23"], ["xd"]),                       # [N, S, 1, 1]: dropped only
+        helper.make_node("Relu", ["xd"], ["dropped"]),
+        helper.make_node("Shape", ["xd"], ["ds"]),
+        helper.make_node("Gather", ["ds", "one"], ["d1"], axis=0),
+        helper.make_node("Unsqueeze", ["d1", "ax0"], ["d2"]),
+        helper.make_node("Concat", ["d2", "minus_one"], ["kt"], axis=0),
+        helper.make_node("Reshape", ["r", "kt"], ["kept"]),                         # [S, N*T]
+    ]
+    inits = [init("one", np.int64(1)), init("ax0", np.array([0], np.int64)), init("ax1", np.array([1], np.int64)),
+             init("ax2", np.array([2], np.int64)), init("ax23", np.array([2, 3], np.int64)),
+             init("ones", np.array([1], np.int64)), init("minus_one", np.array([-1], np.int64))]
+    model = make_model(nodes, [vi("z", shape=["N", "T"]), vi("x", shape=["N", "S"])], [vi("dropped"), vi("kept")],
+                       inits)
+    result = onnxrep.optimize(model, drop_outputs=("dropped",))
+    assert result.verified, result.report.text()
+    shapes = result.verification.shapes[0]
+    assert shapes["z"][1] != shapes["x"][1]          # S and T were fed different sizes
+
+
 def test_shape_read_without_proof_is_left_and_said():
     """The kept output reads a symbolic size no kept tensor provably has: the aux part it needs stays."""
     t = Toy()
@@ -522,6 +557,8 @@ _FAST = [  # one per feature: BN form, official naming, MIT layout with dynamic 
     # MIT AUX anc2vec weight an Identity of the Main one, one Gather index): never where two heads meet
     ("yolov9-t", dict(exporter="torchscript")),
     ("yolov9-t", dict(exporter="mit")),
+    # TorchScript at a dynamic batch: CBFuse's Resize sizes read the batch off the aux branch at run time
+    ("yolov9-c", dict(exporter="torchscript", batch="batch")),
 ]
 _SLOW = [(name, kw) for name in ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e")
          for kw in (dict(form="bn"), dict(form="folded"), dict(form="fused"), dict(form="bn", naming="official"),

@@ -2,10 +2,15 @@
 
 A constant is an initializer, a ``Constant`` node, an ``Identity`` alias of one, or a short chain of ops on
 constants (raw dynamo's ``Expand(CastLike(0, x), Shape(w))``), evaluated by onnx's reference
-implementation at the model's own opset. Graph inputs are never constant, even with an initializer.
+implementation at the model's own opset (ops change meaning between opsets: Unsqueeze's axes moved from
+an attribute to an input at 13). The pipeline sets that opset for the passes it runs (``at_opset``); code
+outside a pipeline gets the newest opset unless it sets one. Graph inputs are never constant.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import numpy as np
 import onnx
@@ -18,6 +23,17 @@ from onnxrep.ir.ops import NEVER_FOLD
 # A chain longer than this is not a "parameter computation" but real work: don't evaluate it here.
 _MAX_FOLD_DEPTH = 8
 _MAX_FOLD_ELEMENTS = 1 << 26
+_OPSET: contextvars.ContextVar[int | None] = contextvars.ContextVar("onnxrep_opset", default=None)
+
+
+@contextlib.contextmanager
+def at_opset(opset: int | None):
+    """Evaluate constants at `opset` (the model's) inside this block."""
+    token = _OPSET.set(opset)
+    try:
+        yield
+    finally:
+        _OPSET.reset(token)
 
 
 def const_value(tensor: gs.Tensor | None, _depth: int = 0) -> np.ndarray | None:
@@ -81,7 +97,7 @@ def _evaluate(node: gs.Node, inputs: list[np.ndarray | None]) -> np.ndarray | No
     """The single output of `node` on constant inputs, or None (the caller then sees a non-constant)."""
     if len(node.outputs) != 1:
         return None
-    outs = evaluate_node(node, inputs)
+    outs = evaluate_node(node, inputs, _OPSET.get())
     return None if isinstance(outs, str) else outs[0]
 
 

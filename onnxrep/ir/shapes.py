@@ -126,6 +126,18 @@ def _constant_node_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return tensor
 
 
+class LazyTypes:
+    """infer_types(graph), run on first use (most passes never need it)."""
+
+    def __init__(self, graph: gs.Graph):
+        self.graph, self._types = graph, None
+
+    def dims(self, tensor: gs.Tensor):
+        if self._types is None:
+            self._types = infer_types(self.graph)
+        return self._types.dims(tensor)
+
+
 def infer_types(graph: gs.Graph) -> Types:
     """Shape inference over the top-level graph, on a weight-less view. Never raises."""
     input_dims = {d for t in graph.inputs for d in (t.shape or ()) if isinstance(d, str) and d}

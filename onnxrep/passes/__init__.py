@@ -8,6 +8,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep.passes.base import Context, Pass, PassResult
+from onnxrep.ir.constants import at_opset
 from onnxrep.ir.graph import eliminate_dead_code
 from onnxrep.passes.batchnorm import FoldBatchNorm
 from onnxrep.passes.cleanup import Canonicalize, Tidy
@@ -61,7 +62,8 @@ def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pa
         for p in pipeline:
             if on_pass:
                 on_pass(p.name)
-            res = p.run(graph, ctx)
+            with at_opset(ctx.opset):   # constants are evaluated at the model's own opset
+                res = p.run(graph, ctx)
             eliminate_dead_code(graph)
             total = totals[p.name]
             total.count += res.count

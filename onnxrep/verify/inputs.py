@@ -5,8 +5,8 @@ Shapes. A symbolic batch (a dim_param on axis 0) is fed as 2 in the first sample
 batched shows at 1). Every other dim_param gets one value per sample, the same in every input that names
 it (the ONNX spec: equal dim_params are equal sizes): from ``--input-shape``, else the spatial size of an
 image input (the model's ``imgsz`` metadata, else 640; the width 64 less than the height when both are
-symbolic, so a rewrite that swaps H and W shows), else 3 (distinct from 1 and 2, so a rewrite that confuses
-two symbolic dims shows).
+symbolic, so a rewrite that swaps H and W shows), else 3, 5, 7... (a new odd value per name, distinct
+from 1, 2 and each other, so a rewrite that confuses two symbolic dims shows).
 
 Values. Image inputs (float, rank 4, 1 or 3 channels on axis 1 or 3) get smooth random images with edges
 and a little noise in [0, 1], so activations cover the ranges real pictures give; other float inputs
@@ -107,6 +107,7 @@ def resolve_shapes(model: onnx.ModelProto, sample: int, shapes: dict | None = No
                 if isinstance(d, str):
                     values.setdefault(d, v)
     batch = batches[sample % len(batches)]
+    spare = iter(range(3, 1 << 30, 2))   # a new value for each other symbolic dim
     out = {}
     for vi in inputs:
         if vi.name in shapes:
@@ -125,8 +126,12 @@ def resolve_shapes(model: onnx.ModelProto, sample: int, shapes: dict | None = No
             elif axis in spatial:
                 both = all(not isinstance(dims[a], int) for a in spatial)
                 v = hint - 64 if both and axis == spatial[1] and hint > 96 else hint
+            elif isinstance(d, str) and d in values:
+                v = values[d]
             else:
-                v = 3
+                v = next(spare)
+                while v in values.values():
+                    v = next(spare)
             if isinstance(d, str):   # one value per name, in every input
                 v = values.setdefault(d, v)
             shape.append(v)

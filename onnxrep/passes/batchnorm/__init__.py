@@ -25,6 +25,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxrep.ir.graph import Namer, is_std, iter_graphs, producer
+from onnxrep.ir.shapes import LazyTypes
 from onnxrep.passes.base import Context, PassResult
 from onnxrep.passes.batchnorm.common import bn_scale_shift, bn_training_reason
 from onnxrep.passes.batchnorm.conv import ConvThenBatchNorm
@@ -45,6 +46,7 @@ class FoldBatchNorm:
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult()
         namer = Namer(graph)
+        types = LazyTypes(graph)   # ranks for the linear rules, inferred only if one asks
         for g in iter_graphs(graph):
             for bn in [n for n in g.nodes if is_std(n, "BatchNormalization")]:
                 if not bn.inputs or not bn.outputs:
@@ -58,7 +60,7 @@ class FoldBatchNorm:
                     match = rule.match(g, bn)
                     if match is None:
                         continue
-                    checked = rule.check(g, bn, match)
+                    checked = rule.check(g, bn, match, types)
                     if isinstance(checked, str):
                         reasons.append(f"{rule.label}: {checked}")
                         continue

@@ -31,7 +31,7 @@ class ConvThenBatchNorm:
         return conv if conv is not None and is_std(conv, *_CONVS) else None
 
     @staticmethod
-    def check(graph: gs.Graph, bn: gs.Node, conv: gs.Node):
+    def check(graph: gs.Graph, bn: gs.Node, conv: gs.Node, types=None):
         reason = private_link(graph, conv.outputs[0], conv.op)
         if reason:
             return reason

@@ -34,7 +34,7 @@ class BatchNormThenConv:
         return next((n for n in bn.outputs[0].outputs if is_std(n, "Conv") and n.inputs[0] is bn.outputs[0]), None)
 
     @staticmethod
-    def check(graph: gs.Graph, bn: gs.Node, conv: gs.Node):
+    def check(graph: gs.Graph, bn: gs.Node, conv: gs.Node, types=None):
         reason = private_link(graph, bn.outputs[0], "BatchNormalization")
         if reason:
             return reason

@@ -25,12 +25,16 @@ from onnxrep.passes.batchnorm.common import bn_scale_shift, dtype_of, private_li
 _BROADCAST = {"Mul", "Add", "Sub", "Div"}  # rank of the widest input
 
 
-def _rank(tensor: gs.Tensor, depth: int = 0) -> int | None:
-    """Rank of a tensor: from its shape, else from what produced it (Gemm and Flatten give rank 2)."""
+def _rank(tensor: gs.Tensor, depth: int = 0, types=None) -> int | None:
+    """Rank of a tensor: from its shape, else shape inference (`types`), else from what produced it (Gemm and
+    Flatten give rank 2)."""
     if isinstance(tensor, gs.Constant):
         return tensor.values.ndim
     if tensor.shape is not None:
         return len(tensor.shape)
+    dims = types.dims(tensor) if types is not None else None
+    if dims is not None:
+        return len(dims)
     node = producer(tensor)
     if node is None or depth > 16 or not is_std(node):
         return None
@@ -84,8 +88,9 @@ def _matmul_add(tensor: gs.Tensor):
 
 
 def _bias_add(graph: gs.Graph, node: gs.Node):
-    """(Add, index of its constant operand, that constant) when MatMul's output only feeds Add(y, bias)
-    with a per-output-column bias; else None."""
+    """(Add, index of its constant operand, that constant as [M], its own shape) when MatMul's output only
+    feeds Add(y, bias) with a per-output-column bias; else None. The shape matters: a [1, 1, M] bias makes
+    the sum rank 3, and the folded bias must keep doing so."""
     out = node.outputs[0]
     if private_link(graph, out, node.op) is not None:
         return None
@@ -96,7 +101,7 @@ def _bias_add(graph: gs.Graph, node: gs.Node):
     bias = const_value(add.inputs[k])
     if bias is None or bias.ndim > 1 and any(d != 1 for d in bias.shape[:-1]):
         return None  # only a bias that broadcasts along the feature axis, as Linear's does
-    return add, k, bias.reshape(-1)
+    return add, k, bias.reshape(-1), bias.shape
 
 
 class LinearThenBatchNorm:
@@ -110,9 +115,9 @@ class LinearThenBatchNorm:
         return _matmul_add(bn.inputs[0])
 
     @staticmethod
-    def check(graph: gs.Graph, bn: gs.Node, match):
+    def check(graph: gs.Graph, bn: gs.Node, match, types=None):
         node, add, add_bias = match
-        if _rank(bn.inputs[0]) != 2:
+        if _rank(bn.inputs[0], types=types) != 2:
             return "BatchNormalization input is not rank 2 (its channel axis is not the feature axis)"
         for t, what in ((node.outputs[0], node.op), (add.outputs[0] if add else None, "Add")):
             if t is not None:
@@ -166,11 +171,11 @@ class BatchNormThenLinear:
                      if is_std(n, "Gemm", "MatMul") and n.inputs[0] is bn.outputs[0]), None)
 
     @staticmethod
-    def check(graph: gs.Graph, bn: gs.Node, node: gs.Node):
+    def check(graph: gs.Graph, bn: gs.Node, node: gs.Node, types=None):
         reason = private_link(graph, bn.outputs[0], "BatchNormalization")
         if reason:
             return reason
-        if _rank(bn.inputs[0]) != 2:
+        if _rank(bn.inputs[0], types=types) != 2:
             return "BatchNormalization input is not rank 2 (its channel axis is not the feature axis)"
         if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
             return "Gemm has transA=1: the BatchNormalization channels are not its K axis"
@@ -204,10 +209,11 @@ class BatchNormThenLinear:
             node.inputs = [x, weight, bias_t]
             node.attrs["beta"] = 1.0
             return
-        if bias_add is not None:  # MatMul + Add(bias): t @ W joins the existing bias
-            add, k, _ = bias_add
+        if bias_add is not None:  # MatMul + Add(bias): t @ W joins the existing bias, in the bias's own shape
+            add, k, _, shape = bias_add
             node.inputs = [x, weight]
-            add.inputs[k] = bias_t
+            folded = np.asarray(bias).astype(dtype)
+            add.inputs[k] = make_const(namer, f"{base}.bias_bnfold", folded.reshape(tuple(shape[:-1]) + (folded.size,)))
             return
         out = node.outputs[0]
         mid = gs.Variable(namer(f"{base}/matmul_bnfold"), dtype=out.dtype, shape=out.shape)

@@ -6,7 +6,10 @@
     of the intermediate (with allowzero=1 a 0 is a literal size and is fine); a reshape only depends on the
     element order, which the first reshape doesn't change;
   * ``Transpose(Transpose(x, p), q)``  ⇒  ``Transpose(x, p∘q)`` with ``(p∘q)[i] = p[q[i]]`` (remove_noops then
-    drops it when that is the identity).
+    drops it when that is the identity);
+  * ``Squeeze(BatchNormalization(Unsqueeze(x, a)), a)``  ⇒  ``BatchNormalization(x)`` when every axis in a is
+    >= 2: the legacy exporter's BatchNorm1d on [N, C] (a BN on [N, C, 1]); the channel axis is axis 1 either
+    way and BN is defined on [N, C], so the fold rules then see the BN on the Gemm's feature axis.
 
 Precondition for all: the inner node's output feeds only the outer node and is not a graph output (otherwise
 the inner node stays and nothing gets smaller). Negative Concat axes are compared after normalising by rank.
@@ -26,7 +29,7 @@ from onnxrep.ir.shapes import Types
 def merge_chains(graph: gs.Graph, types: Types, namer: Namer, result: PassResult, stats: dict) -> None:
     for g in iter_graphs(graph):
         for node in list(g.nodes):
-            if not node.outputs or not is_std(node, "Concat", "Reshape", "Transpose"):
+            if not node.outputs or not is_std(node, *_RULES):
                 continue
             rule = _RULES[node.op]
             if rule(g, node, types, namer):
@@ -103,4 +106,31 @@ def _transpose(graph, node, types, namer) -> bool:
     return True
 
 
-_RULES = {"Concat": _concat, "Reshape": _reshape, "Transpose": _transpose}
+def _axes_of(node: gs.Node, rank: int | None) -> set[int] | None:
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        axes = const_value(node.inputs[1])
+    if axes is None or rank is None:
+        return None
+    return {int(a) + rank if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1)}
+
+
+def _squeeze_around_batchnorm(graph, node, types, namer) -> bool:
+    bn = _inner(graph, node, 0, "BatchNormalization")
+    unsqueeze = _inner(graph, bn, 0, "Unsqueeze") if bn is not None and len(bn.outputs) == 1 else None
+    if unsqueeze is None:
+        return False
+    dims = types.dims(unsqueeze.outputs[0])
+    rank = len(dims) if dims is not None else None
+    added, removed = _axes_of(unsqueeze, rank), _axes_of(node, rank)
+    if not added or added != removed or min(added) < 2:
+        return False
+    out = node.outputs[0]
+    bn.inputs[0] = unsqueeze.inputs[0]
+    _disconnect(node)
+    _disconnect(unsqueeze)
+    bn.outputs[0] = out
+    return True
+
+
+_RULES = {"Concat": _concat, "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze_around_batchnorm}

@@ -10,15 +10,14 @@ may instead become a constant. What can't be proven stays, and the note says so.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.ir.constants import const_value
 from onnxrep.ir.graph import Namer, is_std, producer, shape_range
 from onnxrep.ir.ops import SHAPE_READS
-from onnxrep.ir.shapes import infer_types, weightless_view
+from onnxrep.ir.dims import DimRoots
+from onnxrep.ir.shapes import Types, infer_types, weightless_view
 from onnxrep.passes.prune.stats import cone
 
 
@@ -29,8 +28,8 @@ def cut_shape_reads(graph: gs.Graph, keep: list, twins: dict | None = None,
     A TorchScript export of DualDDetect reshapes both heads with ``shape = x[0].shape``: the main head
     reads the batch size from the *auxiliary* head's first input, which would keep the whole aux
     branch alive. Each such ``Shape(x)`` (x needed by no kept value) is rewired to a kept tensor whose
-    read dimensions provably equal x's (they come from the same axis of the same tensor, e.g. the
-    image's batch axis, through shape-preserving ops), preferring x's twin in the kept head; failing
+    read dimensions provably equal x's (static and equal, or of one symbolic root in ir.dims, e.g. the
+    image's batch axis), preferring x's twin in the kept head; failing
     that, a fully static shape becomes a constant. Returns (reads moved, tensors still read).
     """
     nodes, _ = cone(None, keep, through_shapes=False)
@@ -38,16 +37,18 @@ def cut_shape_reads(graph: gs.Graph, keep: list, twins: dict | None = None,
     if not reads:
         return 0, []
     shapes = shapes or _Shapes(graph)
-    origin = _AxisOrigin(shapes)
-    namer = Namer(graph)
+    roots = DimRoots(graph, shapes.types())
+
+    def origin(t: gs.Tensor, axis: int):
+        """What the size of axis `axis` of `t` provably is: a static size, else its symbolic root."""
+        dims = shapes.dims(t)
+        if dims is not None and axis < len(dims) and dims[axis] is not None:
+            return ("static", dims[axis])
+        return roots.root(t, axis)
+
     kept_values = [*graph.inputs] + [t for n in graph.nodes if id(n) in nodes for t in n.outputs
                                      if not is_std(n, *SHAPE_READS)]
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20000))  # axis origins recurse once per residual Add on a path
-    try:
-        return _cut(graph, reads, twins, shapes, origin, namer, kept_values)
-    finally:
-        sys.setrecursionlimit(limit)
+    return _cut(graph, reads, twins, shapes, origin, Namer(graph), kept_values)
 
 
 def _cut(graph, reads, twins, shapes, origin, namer, kept_values) -> tuple[int, list[str]]:
@@ -141,11 +142,14 @@ class _Shapes:
             return tuple(int(d) for d in t.shape)
         if t.shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in t.shape):
             return tuple(int(d) for d in t.shape)
-        if self._types is None:
-            self._types = infer_types(self.graph)
-        dims = self._types.dims(t)
+        dims = self.types().dims(t)
         return None if dims is None else tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
                                                for d in dims)
+
+    def types(self) -> Types:
+        if self._types is None:
+            self._types = infer_types(self.graph)
+        return self._types
 
     def rank(self, t: gs.Tensor) -> int | None:
         if not isinstance(t, gs.Constant) and t.shape is not None:
@@ -161,183 +165,6 @@ class _Shapes:
             except Exception:  # an exotic graph we can't export here: MACs unknown, not an error
                 self._view = False
         return self._view or None
-
-
-# Ops whose output has the input's shape, axis for axis.
-_SAME_SHAPE = ("Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Neg", "Abs", "Sqrt",
-               "Reciprocal", "Softmax", "LogSoftmax", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu",
-               "Clip", "Erf", "Floor", "Ceil", "Round", "Dropout", "BatchNormalization", "InstanceNormalization",
-               "Mish", "Softplus", "Softsign", "Gelu", "PRelu", "Not", "Sign", "LpNormalization")
-
-
-_BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less",
-              "Greater", "And", "Or")
-
-
-_KEEP_BATCH = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-               "LpPool", "MaxRoiPool", "DepthToSpace", "SpaceToDepth")
-
-
-class _AxisOrigin:
-    """Where the size of axis `a` of a tensor comes from: (tensor, axis) upstream, followed through ops
-    that provably copy that size (elementwise ops, Conv on the batch axis, Concat/Split on other axes,
-    Resize with scale 1, Reshape copying a dimension...). Two axes with the same origin are equal."""
-
-    def __init__(self, shapes: _Shapes):
-        self.shapes = shapes
-        self.memo: dict[tuple[int, int], tuple[int, int] | None] = {}
-
-    def __call__(self, t: gs.Tensor, axis: int):
-        key = (id(t), axis)
-        if key not in self.memo:
-            path = []
-            cur: tuple | None = (t, axis)
-            while cur is not None:
-                tt, aa = cur
-                if (id(tt), aa) in self.memo:
-                    result = self.memo[(id(tt), aa)]
-                    break
-                path.append((id(tt), aa))
-                if len(path) > 100000:
-                    result = None
-                    break
-                nxt = self._through(tt, aa)
-                if nxt is None:
-                    dims = self.shapes.dims(tt)
-                    static = dims is not None and aa < len(dims) and isinstance(dims[aa], int)
-                    result = ("static", dims[aa]) if static else (id(tt), aa)
-                    break
-                cur = nxt
-            for k in path:
-                self.memo[k] = result
-        return self.memo[key]
-
-    def _through(self, t: gs.Tensor, k: int):
-        """(input tensor, axis) of the producer whose size axis k of `t` copies, or None."""
-        p = producer(t)
-        if p is None or not is_std(p) or not p.inputs:
-            return None
-        x = p.inputs[0]
-        rank = self.shapes.rank(t)
-        op = p.op
-        if op in _SAME_SHAPE:
-            return x, k
-        if op in _KEEP_BATCH:
-            return (x, 0) if k == 0 else None
-        if rank is None:
-            return None
-        if op in _BROADCAST:
-            return self._broadcast(p, k, rank)
-        if op in ("Concat", "Split"):
-            axis = int(p.attrs.get("axis", 0))
-            axis = axis + rank if axis < 0 else axis
-            return (x, k) if k != axis else None
-        if op == "Transpose":
-            perm = p.attrs.get("perm")
-            return (x, int(perm[k])) if perm is not None else (x, rank - 1 - k)
-        if op in ("Unsqueeze", "Squeeze"):
-            axes = self._axes(p, 1, "axes")
-            if axes is None:
-                return None
-            if op == "Unsqueeze":
-                axes = {a + rank if a < 0 else a for a in axes}
-                return None if k in axes else (x, k - sum(1 for a in axes if a < k))
-            in_rank = self.shapes.rank(x)
-            if in_rank is None:
-                return None
-            axes = {a + in_rank if a < 0 else a for a in axes}
-            kept = [a for a in range(in_rank) if a not in axes]
-            return (x, kept[k]) if k < len(kept) else None
-        if op.startswith("Reduce"):
-            in_rank = self.shapes.rank(x)
-            axes = self._axes(p, 1, "axes")
-            if axes is None or in_rank is None:
-                return None
-            axes = {a + in_rank if a < 0 else a for a in axes}
-            if int(p.attrs.get("keepdims", 1)):
-                return (x, k) if k not in axes else None
-            kept = [a for a in range(in_rank) if a not in axes]
-            return (x, kept[k]) if k < len(kept) else None
-        if op in ("Resize", "Upsample"):
-            at = 1 if op == "Upsample" or len(p.inputs) == 2 else 2  # opset 10: Resize(X, scales)
-            scales = _const_array(p.inputs[at]) if len(p.inputs) > at and p.inputs[at].name else None
-            if scales is not None and scales.size == rank and float(scales[k]) == 1.0:
-                return x, k
-            return None
-        if op == "Slice":
-            axes = _const_array(p.inputs[3]) if len(p.inputs) > 3 and p.inputs[3].name else np.arange(rank)
-            if axes is None:
-                return None
-            axes = {int(a) + rank if int(a) < 0 else int(a) for a in axes}
-            return (x, k) if k not in axes else None
-        if op == "Reshape":
-            return self._reshape(p, k)
-        return None
-
-    def _broadcast(self, p: gs.Node, k: int, rank: int):
-        data = [(t, self.shapes.rank(t)) for t in p.inputs if t.name]
-        if any(r is None for _, r in data):
-            return None
-        full = [t for t, r in data if r == rank and not _is_one(self.shapes.dims(t), k)]
-        if not full:
-            return None
-        first = full[0]
-        for t, r in data:
-            j = k - (rank - r)
-            if t is first or j < 0 or _is_one(self.shapes.dims(t), j) or _same_shape_of(t, first):
-                continue
-            if self(t, j) != self(first, k):
-                return None
-        return first, k
-
-    def _reshape(self, p: gs.Node, k: int):
-        target = p.inputs[1]
-        value = _const_array(target)
-        if value is not None:
-            if k < value.size and int(value[k]) == 0 and not int(p.attrs.get("allowzero", 0)):
-                return p.inputs[0], k
-            return None
-        src = producer(target)
-        if src is not None and is_std(src, "Shape"):
-            return src.inputs[0], k + int(src.attrs.get("start", 0))
-        if src is None or not is_std(src, "Concat"):
-            return None
-        piece = src.inputs[k] if k < len(src.inputs) else None  # one element per piece (view() chains)
-        node = producer(piece) if piece is not None else None
-        if node is not None and is_std(node, "Unsqueeze"):
-            node = producer(node.inputs[0])
-        if node is None or not is_std(node, "Gather") or int(node.attrs.get("axis", 0)) != 0:
-            return None
-        shape, idx = node.inputs[0], _const_array(node.inputs[1])
-        shp = producer(shape)
-        if idx is None or idx.size != 1 or shp is None or not is_std(shp, "Shape") or shp.attrs.get("start", 0):
-            return None
-        return shp.inputs[0], int(idx.reshape(-1)[0])
-
-    @staticmethod
-    def _axes(p: gs.Node, index: int, attr: str):
-        if attr in p.attrs:
-            return {int(a) for a in p.attrs[attr]}
-        if len(p.inputs) > index and p.inputs[index].name:
-            value = _const_array(p.inputs[index])
-            return None if value is None else {int(a) for a in value.reshape(-1)}
-        return None  # no axes: Squeeze drops every 1, Reduce reduces everything: not followed
-
-
-def _same_shape_of(t: gs.Tensor, other: gs.Tensor) -> bool:
-    """t is `other` through a few same-shape ops (SiLU's Mul(x, Sigmoid(x))), without a full walk."""
-    for _ in range(4):
-        if t is other:
-            return True
-        p = producer(t)
-        if p is None or not is_std(p, *_SAME_SHAPE) or not p.inputs:
-            return False
-        t = p.inputs[0]
-    return t is other
-
-
-def _is_one(dims, axis: int) -> bool:
-    return dims is not None and axis < len(dims) and dims[axis] == 1
 
 
 def _const_array(t: gs.Tensor) -> np.ndarray | None:
