@@ -101,7 +101,7 @@ verify_options = [
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
     click.option("--noise-factor", type=click.FloatRange(min=0), default=None,
                  help="How many times the original's own measured float rounding noise an output channel may "
-                      "move (default 16)."),
+                      "move (default 20)."),
     click.option("--rtol", type=float, default=None, help="Extra tolerance relative to each element (default 0)."),
     click.option("--atol", type=float, default=None,
                  help="Extra absolute tolerance (default by dtype: 1e-6 for float32, 1e-3 for float16)."),

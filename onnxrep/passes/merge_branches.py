@@ -1,4 +1,5 @@
-"""merge_branches: ``Add|Sum(Conv_a(x), Conv_b(x), ...[, x | BN(x) | AvgPool(x)])``  =>  ``Conv(x)``.
+"""merge_branches: ``Add|Sum(Conv_a(x), Conv_b(x), ...[, x | BN(x) | AvgPool(x)])``  =>  ``Conv(x)``
+(and, in merge_linear.py, ``Add(Gemm_a(x), Gemm_b(x))``  =>  ``Gemm(x)``).
 
 Structural re-parameterization (RepVGG, YOLOv9 RepConvN, YOLOv6/7 RepConv, ACNet, MobileOne, RepGhost,
 RepViT, Diverse Branch Block): parallel branches that read the same tensor x are linear in x, so their
@@ -53,6 +54,7 @@ from onnxrep.ir.graph import Namer, conv_attrs, is_graph_output, is_std, iter_gr
 from onnxrep.ir.constants import const_value
 from onnxrep.passes.base import Context, PassResult
 from onnxrep.passes.batchnorm.common import bn_scale_shift, bn_training_reason
+from onnxrep.passes.merge_linear import merge_linear_branches
 
 _SUMS = ("Add", "Sum")
 _LINEAR = ("Conv", "AveragePool")  # what a branch may apply to x (then, optionally, a BatchNormalization)
@@ -126,6 +128,7 @@ class MergeBranches:
                 if plans:
                     self.rewrite(g, namer, root, terms, plans)
                     result.applied(len(plans))
+        merge_linear_branches(graph, namer, result)   # the same idea for fully connected layers
         return result
 
     # ------------------------------------------------------------------------------------------ match

@@ -237,8 +237,9 @@ def _level(name: str, refs: list[dict], noises: list[dict], noise_ok: bool) -> n
     scale = np.max([per_channel(r[name]) for r in refs], axis=0)
     noise = None
     if noise_ok and all(name in n for n in noises):
-        noise = np.max([per_channel(np.asarray(n[name], np.float64) - np.asarray(r[name], np.float64))
-                        for r, n in zip(refs, noises)], axis=0)
+        with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: per_channel skips non-finite values
+            noise = np.max([per_channel(np.asarray(n[name], np.float64) - np.asarray(r[name], np.float64))
+                            for r, n in zip(refs, noises)], axis=0)
     return levels(noise, scale, dtype_name(first))
 
 

@@ -11,7 +11,9 @@ The perturbation: after every floating-point Conv, ConvTranspose, Gemm, MatMul, 
 AveragePool, Add and Sum (the operations a rewrite folds, merges or re-rounds; not the SiLU/decode
 arithmetic, which no rewrite touches and which would inflate the estimate), the value is multiplied by
 ``1 + e·u``, ``u`` uniform in [-1, 1] per element (``RandomUniformLike``, seeded), ``e`` one unit in the
-last place of the value's type (2^-23 float32, 2^-10 float16, 2^-7 bfloat16, 2^-52 float64).
+last place of the value's type (2^-23 float32, 2^-10 float16, 2^-7 bfloat16, 2^-52 float64). The data input
+of every Conv/Gemm/MatMul is perturbed the same way: a sum much smaller than its terms (cancellation)
+rounds like its terms, not like itself, and a rewrite re-rounds exactly such sums.
 
 The noisy copy lives in the *same* model as the original, reading the same weights (one session, no second
 copy of the weights): every node output ``t`` gets a twin ``t + SUFFIX``, noise nodes after the ops above,
@@ -26,6 +28,7 @@ from onnx import TensorProto, helper
 
 SUFFIX = "__onnxrep_noise"
 NOISY_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "AveragePool", "Add", "Sum"}
+LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 ULP = {TensorProto.FLOAT: 2.0 ** -23, TensorProto.FLOAT16: 2.0 ** -10, TensorProto.BFLOAT16: 2.0 ** -7,
        TensorProto.DOUBLE: 2.0 ** -52}
 
@@ -57,14 +60,34 @@ def noisy_twin(model: onnx.ModelProto, seed: int) -> tuple[list[onnx.NodeProto],
 
     nodes: list[onnx.NodeProto] = []
     serial = 0
+
+    def perturbed(value: str, elem: int, tag: str) -> str:
+        """`value` times (1 + e*u) per element, as a new tensor."""
+        nonlocal serial
+        serial += 1
+        u, out = f"{value}{SUFFIX}_{tag}u", f"{value}{SUFFIX}_{tag}"
+        e = ULP[elem]
+        gen = TensorProto.DOUBLE if elem == TensorProto.DOUBLE else TensorProto.FLOAT
+        nodes.append(helper.make_node("RandomUniformLike", [value], [u], name=f"{u}_gen", dtype=gen,
+                                      low=1.0 - e, high=1.0 + e, seed=float(seed * 100_003 + serial)))
+        if gen != elem:
+            nodes.append(helper.make_node("Cast", [u], [u + "_cast"], name=f"{u}_cast", to=elem))
+            u += "_cast"
+        nodes.append(helper.make_node("Mul", [value, u], [out], name=f"{out}_mul"))
+        return out
+
     for node in g.node:
         has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
         if has_subgraph or not node.output:
             continue
+        std = node.domain in ("", "ai.onnx")
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         copy.name = node.name + SUFFIX if node.name else ""   # unnamed stays unnamed: names must be unique
         copy.input[:] = [name(i) if i else "" for i in node.input]
+        if std and node.op_type in LINEAR_OPS and node.input and types.get(node.input[0]) in ULP:
+            # a sum of terms much larger than itself rounds like its terms: perturb what goes in, too
+            copy.input[0] = perturbed(copy.input[0], types[node.input[0]], f"in{serial}")
         outs = []
         for o in node.output:
             if not o:
@@ -73,21 +96,15 @@ def noisy_twin(model: onnx.ModelProto, seed: int) -> tuple[list[onnx.NodeProto],
             twin[o] = o + SUFFIX
             outs.append(o + SUFFIX)
         copy.output[:] = outs
-        nodes.append(copy)
         y = node.output[0]
         elem = types.get(y)
-        if node.op_type in NOISY_OPS and node.domain in ("", "ai.onnx") and y and elem in ULP:
-            serial += 1
-            raw, u = f"{y}{SUFFIX}_raw", f"{y}{SUFFIX}_u"
-            copy.output[0] = raw
-            e = ULP[elem]
-            gen = TensorProto.DOUBLE if elem == TensorProto.DOUBLE else TensorProto.FLOAT
-            nodes.append(helper.make_node("RandomUniformLike", [raw], [u], name=f"{u}_gen", dtype=gen,
-                                          low=1.0 - e, high=1.0 + e, seed=float(seed * 100_003 + serial)))
-            if gen != elem:
-                nodes.append(helper.make_node("Cast", [u], [u + "_cast"], name=f"{u}_cast", to=elem))
-                u += "_cast"
-            nodes.append(helper.make_node("Mul", [raw, u], [twin[y]], name=f"{twin[y]}_mul"))
+        if std and node.op_type in NOISY_OPS and y and elem in ULP:
+            copy.output[0] = f"{y}{SUFFIX}_raw"
+            nodes.append(copy)
+            nodes.append(helper.make_node("Identity", [perturbed(copy.output[0], elem, "out")], [twin[y]],
+                                          name=f"{twin[y]}_id"))
+        else:
+            nodes.append(copy)
     outputs, pairs = [], {}
     for out in g.output:
         noisy = name(out.name)

@@ -1,7 +1,13 @@
-"""What every BatchNormalization rule (and merge_branches) asks of a BN: its affine form, whether it is in
-training mode, whether the tensor between two folded nodes can disappear; and the re-wiring every fold ends
-with. BN(x) = s*x + t per channel, s = gamma / sqrt(var + eps), t = beta - mean*s (each node's own eps),
-in float64."""
+"""What every fold rule (and merge_branches) asks of a per-channel affine node: its form y = s*x + t along
+axis 1, whether it is in training mode (BN), whether the tensor between two folded nodes can disappear; and
+the re-wiring every fold ends with.
+
+The affine nodes: BatchNormalization (s = gamma / sqrt(var + eps), t = beta - mean*s, each node's own eps)
+and an elementwise Mul, Add, Sub or Div with one constant operand c that varies at most along axis 1
+(a scalar, [C], [C, 1, 1], [1, C, 1, 1]...): Mul s = c; Add t = c; Sub(x, c) t = -c; Sub(c, x) s = -1, t = c;
+Div(x, c) s = 1/c. YOLOv7's implicit knowledge (Add(ImplicitA) before, Mul(ImplicitM) after a Conv),
+PP-YOLOE+'s branch alpha, a /255 before the first Conv, RepViT's averaged heads (Div by 2) are such nodes.
+All in float64."""
 
 from __future__ import annotations
 
@@ -24,6 +30,69 @@ def bn_training_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
         if extra.outputs or is_graph_output(graph, extra):
             return "BatchNormalization running-statistics outputs are used (training form)"
     return None
+
+
+AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+
+
+def constant_operand(node: gs.Node) -> int | None:
+    """Index of the one constant operand of a two-input elementwise node, else None."""
+    if len(node.inputs) != 2 or "broadcast" in node.attrs:
+        return None
+    values = [const_value(t) is not None for t in node.inputs]
+    return values.index(True) if values.count(True) == 1 else None
+
+
+def is_affine(node: gs.Node) -> bool:
+    if node.op == "BatchNormalization":
+        return True
+    return node.op in AFFINE_OPS and constant_operand(node) is not None
+
+
+def affine_input(node: gs.Node) -> gs.Tensor:
+    """The x of y = s*x + t."""
+    if node.op == "BatchNormalization":
+        return node.inputs[0]
+    return node.inputs[1 - constant_operand(node)]
+
+
+def affine_of(node: gs.Node, types=None) -> tuple[np.ndarray, np.ndarray] | str:
+    """(s, t), float64 vectors along axis 1 (length C, or 1 when the same for every channel), or why not."""
+    if node.op == "BatchNormalization":
+        return bn_scale_shift(node)
+    k = constant_operand(node)
+    x = node.inputs[1 - k]
+    c = np.asarray(const_value(node.inputs[k]), dtype=np.float64)
+    dims = x.shape if x.shape is not None else (types.dims(x) if types is not None else None)
+    if dims is None:
+        return f"{node.op}: the rank of its input is unknown"
+    rank = len(dims)
+    if rank < 2 or c.ndim > rank:
+        return f"{node.op} constant of shape {list(c.shape)} on a rank-{rank} input (not per channel of axis 1)"
+    padded = (1,) * (rank - c.ndim) + c.shape
+    if any(d != 1 for i, d in enumerate(padded) if i != 1):
+        return f"{node.op} constant of shape {list(c.shape)} varies along another axis than the channels"
+    c = c.reshape(-1)
+    one, zero = np.ones(1), np.zeros(1)
+    if node.op == "Mul":
+        return c, zero
+    if node.op == "Add":
+        return one, c
+    if node.op == "Sub":
+        return (one, -c) if k == 1 else (-one, c)
+    if k == 0:
+        return "Div of a constant by the tensor is not affine"
+    if np.any(c == 0):
+        return "Div by a constant with zeros"
+    return 1.0 / c, zero
+
+
+def fit(affine: tuple[np.ndarray, np.ndarray], channels: int, node: gs.Node, what: str) -> tuple | str:
+    """(s, t) broadcast to `channels`, or the reason they have another length."""
+    s, t = affine
+    if s.size not in (1, channels) or t.size not in (1, channels):
+        return f"{node.op} has {max(s.size, t.size)} channels, {what} has {channels}"
+    return np.broadcast_to(s, channels).copy(), np.broadcast_to(t, channels).copy()
 
 
 def bn_scale_shift(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | str:

@@ -14,8 +14,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.ir.graph import Namer, is_std, make_const, producer
-from onnxrep.passes.batchnorm.common import (bn_scale_shift, dtype_of, out_channels, private_link, scale_conv_weight,
-                                             take_bn_output, weight_and_bias)
+from onnxrep.passes.batchnorm.common import (affine_input, affine_of, dtype_of, fit, out_channels, private_link,
+                                             scale_conv_weight, take_bn_output, weight_and_bias)
 
 _CONVS = ("Conv", "ConvTranspose")
 
@@ -23,11 +23,11 @@ _CONVS = ("Conv", "ConvTranspose")
 class ConvThenBatchNorm:
     """Conv|ConvTranspose -> BN  =>  Conv|ConvTranspose with scaled weight and new bias."""
 
-    label = "Conv -> BatchNormalization"
+    label = "Conv -> {op}"
 
     @staticmethod
     def match(graph: gs.Graph, bn: gs.Node) -> gs.Node | None:
-        conv = producer(bn.inputs[0]) if bn.inputs else None
+        conv = producer(affine_input(bn)) if bn.inputs else None
         return conv if conv is not None and is_std(conv, *_CONVS) else None
 
     @staticmethod
@@ -38,13 +38,13 @@ class ConvThenBatchNorm:
         params = weight_and_bias(conv)
         if isinstance(params, str):
             return params
-        affine = bn_scale_shift(bn)
+        affine = affine_of(bn, types)
         if isinstance(affine, str):
             return affine
         weight, bias = params
-        channels = out_channels(weight.shape, conv.op, int(conv.attrs.get("group", 1)))
-        if affine[0].size != channels:
-            return f"BatchNormalization has {affine[0].size} channels, {conv.op} has {channels}"
+        affine = fit(affine, out_channels(weight.shape, conv.op, int(conv.attrs.get("group", 1))), bn, conv.op)
+        if isinstance(affine, str):
+            return affine
         return weight, bias, affine[0], affine[1]
 
     @staticmethod

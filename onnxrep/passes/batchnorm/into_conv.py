@@ -4,8 +4,10 @@ Conv(s*x + t) = Conv_W(s*x) + Conv_W(t): with ci(o, i) the input channel that we
 (ci = group(o) * C/g + i),
     W'[o, i, k...] = W[o, i, k...] * s[ci(o, i)]
     b'[o]          = b[o] + sum_{i, k} W[o, i, k] * t[ci(o, i)]
-Exact only when every output pixel sees a full window of real input: padding would mix in zeros where
-the original saw t, so any non-zero pad (or auto_pad SAME_*) is declined, as is ConvTranspose.
+With a shift t, exact only when every output pixel sees a full window of real input: padding would mix in
+zeros where the original saw t, so a padded Conv is declined (a pure scale, t = 0, is exact with any padding:
+a scaled zero is zero). ConvTranspose is not matched. The affine node is a BatchNormalization or a per-channel
+Mul/Add/Sub/Div by a constant (common.py): YOLOv7's ImplicitA is ``Conv(x + a)``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.ir.graph import Namer, conv_attrs, is_std, make_const
-from onnxrep.passes.batchnorm.common import bn_scale_shift, dtype_of, private_link, weight_and_bias
+from onnxrep.passes.batchnorm.common import affine_input, affine_of, dtype_of, fit, private_link, weight_and_bias
 
 
 def input_channel_map(weight_shape: tuple, group: int) -> np.ndarray:
@@ -26,7 +28,7 @@ def input_channel_map(weight_shape: tuple, group: int) -> np.ndarray:
 
 
 class BatchNormThenConv:
-    label = "BatchNormalization -> Conv"
+    label = "{op} -> Conv"
 
     @staticmethod
     def match(graph: gs.Graph, bn: gs.Node):
@@ -35,7 +37,7 @@ class BatchNormThenConv:
 
     @staticmethod
     def check(graph: gs.Graph, bn: gs.Node, conv: gs.Node, types=None):
-        reason = private_link(graph, bn.outputs[0], "BatchNormalization")
+        reason = private_link(graph, bn.outputs[0], bn.op)
         if reason:
             return reason
         params = weight_and_bias(conv)
@@ -43,14 +45,15 @@ class BatchNormThenConv:
             return params
         weight, bias = params
         attrs = conv_attrs(conv, weight.ndim - 2)
-        if attrs["auto_pad"] not in ("NOTSET", "VALID") or any(attrs["pads"]):
-            return "the Conv pads its input: padding would see zeros where the BatchNormalization gave its shift"
-        affine = bn_scale_shift(bn)
+        affine = affine_of(bn, types)
         if isinstance(affine, str):
             return affine
-        channels = weight.shape[1] * attrs["group"]
-        if affine[0].size != channels:
-            return f"BatchNormalization has {affine[0].size} channels, Conv reads {channels}"
+        affine = fit(affine, weight.shape[1] * attrs["group"], bn, "the Conv's input")
+        if isinstance(affine, str):
+            return affine
+        padded = attrs["auto_pad"] not in ("NOTSET", "VALID") or any(attrs["pads"])
+        if padded and np.any(affine[1] != 0):   # a pure scale is exact: a scaled zero is zero
+            return f"the Conv pads its input: padding would see zeros where the {bn.op} gave its shift"
         return weight, bias, attrs["group"], affine[0], affine[1]
 
     @staticmethod
@@ -65,7 +68,7 @@ class BatchNormThenConv:
         if bias is not None:
             new_b = new_b + bias.astype(np.float64).reshape(-1)
         base = conv.name or bn.name or "conv"
-        x = bn.inputs[0]
+        x = affine_input(bn)
         bn.inputs.clear()
         bn.outputs.clear()
         conv.inputs = [x, make_const(namer, f"{base}.weight_bnfold", new_w.astype(dtype)),

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnxrep.ir.graph import Namer, is_std, make_const, producer
 from onnxrep.ir.constants import const_value
 from onnxrep.ir.ops import SAME_SHAPE
-from onnxrep.passes.batchnorm.common import bn_scale_shift, dtype_of, private_link, take_bn_output
+from onnxrep.passes.batchnorm.common import affine_input, affine_of, dtype_of, fit, private_link, take_bn_output
 
 
 _BROADCAST = {"Mul", "Add", "Sub", "Div"}  # rank of the widest input
@@ -105,20 +105,23 @@ def _bias_add(graph: gs.Graph, node: gs.Node):
 
 
 class LinearThenBatchNorm:
-    label = "Gemm/MatMul -> BatchNormalization"
+    label = "Gemm/MatMul -> {op}"
 
     @staticmethod
     def match(graph: gs.Graph, bn: gs.Node):
-        node = producer(bn.inputs[0])
+        x = affine_input(bn)
+        node = producer(x)
         if node is not None and is_std(node, "Gemm"):
             return node, None, None
-        return _matmul_add(bn.inputs[0])
+        if bn.op in ("Add", "Sub") and node is not None and is_std(node, "MatMul"):
+            return None   # MatMul + Add(c) is how a Linear's bias is written: nothing to fold
+        return _matmul_add(x)
 
     @staticmethod
     def check(graph: gs.Graph, bn: gs.Node, match, types=None):
         node, add, add_bias = match
-        if _rank(bn.inputs[0], types=types) != 2:
-            return "BatchNormalization input is not rank 2 (its channel axis is not the feature axis)"
+        if _rank(affine_input(bn), types=types) != 2:
+            return f"{bn.op} input is not rank 2 (its channel axis is not the feature axis)"
         for t, what in ((node.outputs[0], node.op), (add.outputs[0] if add else None, "Add")):
             if t is not None:
                 reason = private_link(graph, t, what)
@@ -130,11 +133,12 @@ class LinearThenBatchNorm:
         b, c, alpha, beta = params
         if add_bias is not None:
             c = add_bias
-        affine = bn_scale_shift(bn)
+        affine = affine_of(bn, types)
         if isinstance(affine, str):
             return affine
-        if affine[0].size != b.shape[1]:
-            return f"BatchNormalization has {affine[0].size} channels, {node.op} has {b.shape[1]} outputs"
+        affine = fit(affine, b.shape[1], bn, f"{node.op}'s output")
+        if isinstance(affine, str):
+            return affine
         return b, c, alpha, beta, affine[0], affine[1]
 
     @staticmethod
@@ -162,7 +166,7 @@ class LinearThenBatchNorm:
 
 
 class BatchNormThenLinear:
-    label = "BatchNormalization -> Gemm/MatMul"
+    label = "{op} -> Gemm/MatMul"
 
     @staticmethod
     def match(graph: gs.Graph, bn: gs.Node):
@@ -172,22 +176,23 @@ class BatchNormThenLinear:
 
     @staticmethod
     def check(graph: gs.Graph, bn: gs.Node, node: gs.Node, types=None):
-        reason = private_link(graph, bn.outputs[0], "BatchNormalization")
+        reason = private_link(graph, bn.outputs[0], bn.op)
         if reason:
             return reason
-        if _rank(bn.inputs[0], types=types) != 2:
-            return "BatchNormalization input is not rank 2 (its channel axis is not the feature axis)"
+        if _rank(affine_input(bn), types=types) != 2:
+            return f"{bn.op} input is not rank 2 (its channel axis is not the feature axis)"
         if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
-            return "Gemm has transA=1: the BatchNormalization channels are not its K axis"
+            return f"Gemm has transA=1: the {bn.op} channels are not its K axis"
         params = _linear_params(node)
         if isinstance(params, str):
             return params
         b, c, alpha, beta = params
-        affine = bn_scale_shift(bn)
+        affine = affine_of(bn, types)
         if isinstance(affine, str):
             return affine
-        if affine[0].size != b.shape[0]:
-            return f"BatchNormalization has {affine[0].size} channels, {node.op} has {b.shape[0]} inputs"
+        affine = fit(affine, b.shape[0], bn, f"{node.op}'s input")
+        if isinstance(affine, str):
+            return affine
         bias_add = _bias_add(graph, node) if node.op == "MatMul" else None
         if bias_add is not None:
             c = bias_add[2]
@@ -202,7 +207,7 @@ class BatchNormThenLinear:
         base = node.name or "linear"
         weight = make_const(namer, f"{base}.weight_bnfold", new_b.astype(dtype))
         bias_t = make_const(namer, f"{base}.bias_bnfold", np.asarray(bias).astype(dtype))
-        x = bn.inputs[0]
+        x = affine_input(bn)
         bn.inputs.clear()
         bn.outputs.clear()
         if node.op == "Gemm":
