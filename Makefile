@@ -37,7 +37,7 @@ install-real: $(VENV)/.installed-real
 
 $(VENV)/.installed-real: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,real]'
-	$(PY) -m pip install -q --no-deps yolov9pip
+	$(PY) -m pip install -q --no-deps yolov9pip yolov7-package
 	touch $@
 
 test-real: install-real

@@ -649,3 +649,58 @@ def test_mit_aux_kept_on_request():
     model = models.build("yolov9-t", "fused", imgsz=IMGSZ, layout="mit")
     result = onnxrep.optimize(model, aux="keep", passes=["prune_outputs"])
     assert len(result.model.graph.output) == 18 and result.ok
+
+
+# ------------------------------------------------------------------------------------ YOLOv7 IAuxDetect
+
+
+def _iaux(levels=2, aux_convs=2, own_trunk=False, implicit=True):
+    """IAuxDetect raw outputs: per level lead = permute(view(Conv1x1(x + a) * m)), aux = the same of a plain
+    Conv1x1 after its own 3x3 Conv on an *earlier* neck map; lead outputs first."""
+    t = Toy()
+    x0 = t.trunk()                                   # [1, 8, 8, 8]
+    neck = t.conv(x0, 8, 8)                          # the lead heads' input
+    early = t.trunk() if own_trunk else x0           # the aux heads read an earlier map (or a trunk of their own)
+    na, no = 3, 6
+
+    def raw(y):
+        y = t.node("Reshape", [y, t.const(np.array([1, na, no, 8, 8], np.int64))])
+        return t.node("Transpose", [y], perm=[0, 1, 3, 4, 2])
+
+    leads, auxes = [], []
+    for _ in range(levels):
+        x = t.node("Add", [neck, t.const(np.float32(np.random.default_rng(0).normal(0, 1, (1, 8, 1, 1))))]) \
+            if implicit else neck
+        y = t.conv(x, 8, na * no, k=1, act=False)
+        if implicit:
+            y = t.node("Mul", [y, t.const(np.float32(np.random.default_rng(1).uniform(0.5, 1.5, (1, na * no, 1, 1))))])
+        leads.append(raw(y))
+        a = early
+        for _ in range(aux_convs - 1):
+            a = t.conv(a, 8, 8)
+        auxes.append(raw(t.conv(a, 8, na * no, k=1, act=False)))
+    return t.model(leads + auxes)
+
+
+def test_iaux_lead_kept_aux_dropped():
+    model = _iaux()
+    result = onnxrep.optimize(model)
+    assert result.verified
+    assert output_names(result.model) == ["output0", "output1"]
+    assert "IAuxDetect" in result.report.outputs["note"]
+    # the implicit Add/Mul around the lead Convs folded: only Convs and data movement left in the heads
+    assert count_ops_named(result.model, "Mul") == count_ops_named(model, "Mul") - 2 - 2   # 2 implicit, 2 aux SiLU
+
+
+def count_ops_named(model, op):
+    return sum(n.op_type == op for n in model.graph.node)
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(aux_convs=1), "of its own"),
+    (dict(own_trunk=True), "reads nothing the lead heads compute"),
+])
+def test_iaux_declines(kw, reason):
+    graph, res = run(_iaux(**kw))
+    assert len(graph.outputs) == 4
+    assert reason in res.info["note"], res.info["note"]

@@ -20,9 +20,11 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-QUICK = ["yolov9-t", "gelan-t", "repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050"]
+QUICK = ["yolov9-t", "gelan-t", "repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050", "v7mini-idetect",
+         "v7mini-iaux"]
 ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"]
 TIMM = {"repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050"}
+NO_OFFICIAL = TIMM | {"v7mini-idetect", "v7mini-iaux"}   # the official fuse()+TorchScript path is YOLOv9's
 
 
 def selected_models() -> list[str]:
@@ -35,11 +37,11 @@ def selected_models() -> list[str]:
 
 
 def forms_of(model: str) -> list[str]:
-    return ["torchscript", "dynamo", "dynamo-raw"] + ([] if model in TIMM else ["official"])
+    return ["torchscript", "dynamo", "dynamo-raw"] + ([] if model in NO_OFFICIAL else ["official"])
 
 
 def _missing() -> str | None:
-    for module, what in (("torch", "torch"), ("yolov9", "yolov9pip"), ("timm", "timm")):
+    for module, what in (("torch", "torch"), ("yolov9", "yolov9pip"), ("timm", "timm"), ("yolov7_package", "yolov7-package")):
         if importlib.util.find_spec(module) is None:
             return f"{what} is not installed (pip install -e '.[real]')"
     return None
@@ -60,6 +62,11 @@ class Export:
     @property
     def main(self) -> int:
         return self.info["main_output"]
+
+    @property
+    def mains(self) -> list[int]:
+        """The outputs the deploy form keeps (YOLOv7's raw heads: one per level)."""
+        return self.info.get("main_outputs", [self.info["main_output"]])
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,12 @@ Models:
     supplied here: the ELAN1 block (yolov9-t/s row 2; written from the block table) and the RepConvN
     merge in ``fuse()`` (upstream fuses RepConvN before Conv+BN; the package only folds Conv+BN).
   * timm ``repvgg_a0``, ``mobileone_s0``, ``repvit_m0_9``, ``repghostnet_050`` (random weights).
+  * YOLOv7 heads from the ``yolov7-package`` code (the official IDetect/IAuxDetect/RepConv/SPPCSPC modules),
+    on small configurations of our own (not the official layer tables, which we don't copy): ``v7mini-idetect``
+    (3 levels, IDetect: implicit a/m around each output Conv) and ``v7mini-iaux`` (4 levels, IAuxDetect: lead
+    heads plus an aux head of its own 3x3 Conv per level on an earlier neck map). Raw outputs (Detect.export).
+    Their deploy form: the model's own fuse() (RepConv merged, BN and implicit folded); for the IAux model,
+    the IDetect twin carrying the lead head's weights, fused.
 Every model gets BatchNorm statistics calibrated on random images (running mean/var of its real
 activations, then scale and shift far from identity), so a wrong fold can't hide behind identity BNs.
 
@@ -46,6 +52,7 @@ REPO = HERE.parent.parent
 YOLO = ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e")
 GELAN = tuple("gelan-" + m.split("-")[1] for m in YOLO)
 TIMM = ("repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050")
+V7 = ("v7mini-idetect", "v7mini-iaux")
 FORMS = ("torchscript", "official", "dynamo", "dynamo-raw")
 
 
@@ -295,6 +302,121 @@ def export_timm(name: str, forms, out: Path, imgsz: int, seed: int) -> None:
     (out / f"{name}.json").write_text(json.dumps(info, indent=1))
 
 
+# ------------------------------------------------------------------------------------------- YOLOv7
+
+
+def _v7_cfg(kind: str, nc: int = 80) -> dict:
+    """A small YOLOv7-style network of our own: Conv backbone, SPPCSPC, FPN neck, RepConv before the head."""
+    C = "Conv"
+    layers = [[-1, 1, C, [16, 3, 2]], [-1, 1, C, [32, 3, 2]], [-1, 1, C, [32, 3, 1]],      # 0-2 /4
+              [-1, 1, C, [64, 3, 2]], [-1, 1, C, [64, 3, 1]],                              # 3-4 /8
+              [-1, 1, C, [96, 3, 2]], [-1, 1, C, [96, 3, 1]],                              # 5-6 /16
+              [-1, 1, C, [128, 3, 2]], [-1, 1, C, [128, 3, 1]]]                            # 7-8 /32
+    if kind == "iaux":
+        layers += [[-1, 1, C, [160, 3, 2]], [-1, 1, "SPPCSPC", [128]],                       # 9-10 /64
+                   [-1, 1, C, [96, 1, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+                   [[-1, 8], 1, "Concat", [1]], [-1, 1, C, [96, 3, 1]]]                     # 11-14 N5
+        top = 14
+    else:
+        layers += [[-1, 1, "SPPCSPC", [96]]]                                                 # 9
+        top = 9
+    base = len(layers)
+    layers += [[-1, 1, C, [64, 1, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+               [[-1, 6], 1, "Concat", [1]], [-1, 1, C, [64, 3, 1]],                           # N4 = base+3
+               [-1, 1, C, [32, 1, 1]], [-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+               [[-1, 4], 1, "Concat", [1]], [-1, 1, C, [32, 3, 1]]]                           # N3 = base+7
+    n4, n3, c4, c3 = base + 3, base + 7, base + 2, base + 6
+    leads = [n3, n4, top] + ([10] if kind == "iaux" else [])
+    widths = [64, 96, 128, 160]
+    first = len(layers)
+    for src, w in zip(leads, widths):
+        layers.append([src, 1, "RepConv", [w, 3, 1]])
+    heads = list(range(first, len(layers)))
+    anchors = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326],
+               [436, 615, 739, 380, 925, 792]][:len(leads)]
+    if kind == "iaux":   # the aux head: one 3x3 Conv per level on an earlier neck map (the concat before N3...)
+        aux_first = len(layers)
+        for src, w in zip([c3, c4, 13, 9], widths):
+            layers.append([src, 1, C, [w, 3, 1]])
+        heads += list(range(aux_first, len(layers)))
+        layers.append([heads, 1, "IAuxDetect", ["nc", "anchors"]])
+    else:
+        layers.append([heads, 1, "IDetect", ["nc", "anchors"]])
+    return {"nc": nc, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": anchors, "backbone": layers, "head": []}
+
+
+def _setup_yolov7():
+    sys.path.insert(0, str(HERE))
+    import stubs
+
+    stubs.install()
+    if importlib.util.find_spec("yolov7_package") is None:
+        raise SystemExit("yolov7-package is not installed (make install-real)")
+    import yolov7_package.models.yolo as yolo
+
+    return yolo
+
+
+def _v7_model(cfg: dict, imgsz: int, seed: int):
+    import torch
+
+    yolo = _setup_yolov7()
+    torch.manual_seed(seed)
+    model = yolo.Model(cfg)
+    g = torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():   # implicit knowledge far from 0 and 1, as trained models have it
+        for m in model.modules():
+            if type(m).__name__ == "ImplicitA":
+                m.implicit.normal_(0.0, 0.5, generator=g)
+            elif type(m).__name__ == "ImplicitM":
+                m.implicit.uniform_(0.5, 1.5, generator=g)
+    calibrate(model, lambda: image_batch(2, imgsz, seed + 1))
+    model.model[-1].export = True
+    return model
+
+
+def export_v7(name: str, forms, out: Path, imgsz: int, seed: int) -> None:
+    import torch
+
+    kind = name.split("-")[1]
+    model = _v7_model(_v7_cfg(kind), imgsz, seed)
+    x, xb = image_batch(1, imgsz, seed + 7), image_batch(2, imgsz, seed + 9)
+    with torch.no_grad():
+        ys = [t.numpy() for t in model(x)]
+        ysb = [t.numpy() for t in model(xb)]
+    names = [f"output{i}" for i in range(len(ys))]
+    for form in forms:
+        m = copy.deepcopy(model)
+        _export(m, x, out / f"{name}.{form}.onnx", form, names, dynamic_batch=(form == "torchscript"))
+    if kind == "iaux":   # the deploy twin: IDetect on the lead inputs, carrying the lead weights
+        cfg = _v7_cfg("iaux")
+        det = cfg["backbone"][-1]
+        nl = len(cfg["anchors"])
+        cfg["backbone"] = cfg["backbone"][:len(cfg["backbone"]) - 1 - nl] + [[det[0][:nl], 1, "IDetect", det[3]]]
+        ref = _v7_model(cfg, imgsz, seed)
+        for i in range(len(ref.model) - 1):
+            ref.model[i].load_state_dict(model.model[i].state_dict())
+        src, dst = model.model[-1], ref.model[-1]
+        for part in ("m", "ia", "im"):
+            getattr(dst, part).load_state_dict(getattr(src, part).state_dict())
+    else:
+        ref = copy.deepcopy(model)
+    ref.eval()
+    with torch.no_grad():   # fuse() updates parameters in place
+        ref.fuse()
+    ref.model[-1].export = True
+    with torch.no_grad():
+        ref_y = [t.numpy() for t in ref(x)]
+    main = list(range(len(ref_y)))
+    _export(ref, x, out / f"{name}.deploy.onnx", "deploy", names[:len(ref_y)], dynamic_batch=False)
+    info = {"model": name, "main_output": main[0], "main_outputs": main, "outputs": len(ys),
+            "deploy": _conv_counts(out / f"{name}.deploy.onnx"),
+            "deploy_matches_main": max(float(np.abs(r - ys[i]).max()) for i, r in enumerate(ref_y))}
+    np.savez(out / f"{name}.npz", images=x.numpy(), images_b2=xb.numpy(),
+             **{f"y{i}": y for i, y in enumerate(ys)}, **{f"y{i}_b2": y for i, y in enumerate(ysb)})
+    (out / f"{name}.json").write_text(json.dumps(info, indent=1))
+
+
 def main(argv: list[str]) -> int:
     out = Path(argv[0])
     imgsz = 160
@@ -303,6 +425,8 @@ def main(argv: list[str]) -> int:
         forms = [f for f in forms.split(",") if f] or list(FORMS)
         if name in YOLO or name in GELAN:
             export_yolo(name, forms, out, imgsz, nc=80, seed=0)
+        elif name in V7:
+            export_v7(name, [f for f in forms if f != "official"], out, 128, seed=0)
         elif name in TIMM:
             export_timm(name, [f for f in forms if f != "official"], out, 64 if name != "repvit_m0_9" else 64, seed=0)
         else:

@@ -1,5 +1,5 @@
-"""Stand-ins for modules the official YOLOv9 code and timm import at import time but never use to build
-or export a model (torchvision's NMS, IPython's display, pkg_resources, cv2, pandas...).
+"""Stand-ins for modules the official YOLOv9 code, the YOLOv7 code (yolov7-package) and timm import at import
+time but never use to build or export a model (torchvision's NMS, IPython's display, pkg_resources, cv2, pandas...).
 
 Only modules that are *missing* are stubbed: an installed one is always used. A stub module answers any
 attribute with a permissive dummy (callable, subclassable, attribute-settable), so `import cv2;
@@ -16,7 +16,7 @@ import sys
 import types
 
 STUBBED = ("torchvision", "IPython", "pkg_resources", "cv2", "pandas", "requests", "seaborn", "thop", "psutil",
-           "scipy", "torchaudio")
+           "scipy", "torchaudio", "wget")
 
 
 class _DummyMeta(type):

@@ -13,7 +13,7 @@ from onnxrep.io import OnnxrepError
 from onnxrep.ir.graph import is_std, producer
 from onnxrep.passes.base import Context
 from onnxrep.passes.prune.outputs import _dim, _fmt_shape, _rank, _same_dims, _same_type
-from onnxrep.passes.prune.twins import twin_reason
+from onnxrep.passes.prune.twins import lead_aux_reason, twin_reason
 
 
 @dataclass
@@ -41,14 +41,15 @@ def plan_outputs(graph: gs.Graph, ctx: Context) -> Plan:
         raise OnnxrepError(f"--aux {ctx.aux!r}: expected 'auto' or 'keep'")
     if len(outputs) < 2:
         return Plan(outputs, [], f"{len(outputs)} output: no auxiliary head recognised")
-    for detect in (_wongkinyiu_layout, _mit_layout):
+    for detect in (_wongkinyiu_layout, _mit_layout, _iaux_layout):
         found = detect(outputs)
         if found is None:
             continue
         layout, keep, drop, main, describe = found
         pairs = [(k, d) for k, d in zip(keep * (len(drop) // len(keep)), drop)]
         twins: dict = {}
-        reason = twin_reason(graph, outputs, pairs, twins)
+        reason = (lead_aux_reason(graph, pairs) if layout == "IAuxDetect"
+                  else twin_reason(graph, outputs, pairs, twins))
         if reason:
             return Plan(outputs, [], f"{layout} layout, but every output kept: {reason}", declined=reason)
         return Plan(keep, drop, describe, layout=layout, main=main, twins=twins)
@@ -135,6 +136,27 @@ def _mit_layout(outputs: list):
                 f"(outputs {half}-{n - 1}), {levels} levels × (class, anchor, box) each; the AUX group is the "
                 f"auxiliary head; twin heads confirmed")
     return "MultimediaTechLab", main, aux, None, describe
+
+
+def _iaux_layout(outputs: list):
+    """YOLOv7 IAuxDetect raw outputs (Detect.export): 2·nl of [B, na, ny, nx, nc+5], nl lead then nl aux,
+    each the permute(0, 1, 3, 4, 2) of a view of a 1x1 Conv's output."""
+    n = len(outputs)
+    if n < 4 or n % 2:
+        return None
+    half = n // 2
+    lead, aux = outputs[:half], outputs[half:]
+    for k, d in zip(lead, aux):
+        if _rank(k) != 5 or not _same_type(k, d):
+            return None
+    for t in outputs:
+        node = _skip_identity(t)
+        if node is None or not is_std(node, "Transpose") or list(node.attrs.get("perm", [])) != [0, 1, 3, 4, 2]:
+            return None
+    describe = (f"IAuxDetect layout (YOLOv7): {n} raw outputs = lead (outputs 0-{half - 1}) + aux (outputs "
+                f"{half}-{n - 1}), {half} levels [B, anchors, H, W, nc+5] each; the aux group is the auxiliary "
+                f"head; lead/aux heads confirmed")
+    return "IAuxDetect", lead, aux, None, describe
 
 
 def _is_detect_concat(t: gs.Tensor) -> bool:

@@ -28,11 +28,10 @@ from onnxrep.passes.prune.stats import cone, cone_ids, is_graph_input
 MIN_HEAD_CONVS = 2         # a head owns at least this many stacked Convs on every path to the trunk
 
 
-def twin_reason(graph: gs.Graph, outputs: list, pairs: list, twins: dict | None = None) -> str | None:
-    """None when every (kept, dropped) pair are twin heads, else why not (one line).
-
-    twins: filled with id(dropped-side tensor) -> kept-side tensor at the same place of the twin head."""
-    # Across the groups only: within one MIT group, box is computed from anchor by design.
+def _independence_reason(graph: gs.Graph, pairs: list) -> str | None:
+    """Why the kept and dropped outputs are not independent heads (listed twice, one computed from the
+    other, made by one node), or None. Across the groups only: within one MIT group, box is computed from
+    anchor by design."""
     keep = {id(k): k for k, _ in pairs}
     drop = {id(d): d for _, d in pairs}
     cones = {i: cone_ids(graph, [t]) for i, t in {**keep, **drop}.items()}
@@ -45,14 +44,25 @@ def twin_reason(graph: gs.Graph, outputs: list, pairs: list, twins: dict | None 
                 if p is not None and id(p) in cones[id(other)]:
                     return (f"outputs {t.name!r} and {other.name!r} are made by the same node ({p.op})"
                             if p is producer(other) else f"output {other.name!r} is computed from output {t.name!r}")
-    walker = _LockStep(static_tensors(graph))
     for k, d in pairs:
         if not _same_type(k, d):
             return f"{k.name!r} {_fmt_shape(k)} and {d.name!r} {_fmt_shape(d)} differ in shape or dtype"
-        # PGI heads see the same image; heads on different inputs (a siamese/stereo model) are real outputs
+        # training heads see the same image; heads on different inputs (a siamese/stereo model) are real outputs
         reads = [sorted(t.name for t in cone(graph, [o])[1].values() if is_graph_input(graph, t)) for o in (k, d)]
         if reads[0] != reads[1]:
             return f"{k.name!r} reads graph inputs {reads[0]}, {d.name!r} reads {reads[1]}"
+    return None
+
+
+def twin_reason(graph: gs.Graph, outputs: list, pairs: list, twins: dict | None = None) -> str | None:
+    """None when every (kept, dropped) pair are twin heads, else why not (one line).
+
+    twins: filled with id(dropped-side tensor) -> kept-side tensor at the same place of the twin head."""
+    reason = _independence_reason(graph, pairs)
+    if reason:
+        return reason
+    walker = _LockStep(static_tensors(graph))
+    for k, d in pairs:
         convs, where = walker.tensors(k, d)
         if convs < MIN_HEAD_CONVS:
             return (f"{k.name!r} and {d.name!r} are not twin heads: {where} after {convs} Conv"
@@ -152,3 +162,37 @@ def static_tensors(graph: gs.Graph) -> set[int]:
 def _label(t: gs.Tensor) -> str:
     p = producer(t)
     return f"{p.op} {p.name!r}" if p is not None and p.name else (p.op if p is not None else repr(t.name))
+
+
+def lead_aux_reason(graph: gs.Graph, pairs: list) -> str | None:
+    """None when every (lead, aux) pair is a YOLOv7 IAuxDetect lead/aux head pair, else why not.
+
+    The aux head is not a twin of the lead: it has no implicit Add/Mul and its own layers (a 3x3 Conv, then
+    a 1x1 Conv per level) read an *earlier* neck feature map. So instead of a lock-step walk: independent
+    outputs of one shape on the same graph inputs; the aux part only it needs holds at least
+    ``MIN_HEAD_CONVS`` Convs, the lead's at least one; and the aux part reads a computed (not constant)
+    tensor that the lead heads also need, i.e. both heads stand on one trunk (unrelated models don't)."""
+    reason = _independence_reason(graph, pairs)
+    if reason:
+        return reason
+    static = static_tensors(graph)
+    leads = [k for k, _ in pairs]
+    lead_nodes, lead_tensors = cone(graph, leads)
+    for k, d in pairs:
+        aux_nodes, _ = cone(graph, [d])
+        own = [n for i, n in aux_nodes.items() if i not in lead_nodes]
+        convs = sum(1 for n in own if is_std(n, "Conv", "ConvTranspose"))
+        if convs < MIN_HEAD_CONVS:
+            return (f"{d.name!r} has {convs} Conv{'s' * (convs != 1)} of its own beside the lead heads "
+                    f"(an aux head needs {MIN_HEAD_CONVS})")
+        k_nodes, _ = cone(graph, [k])
+        others, _ = cone(graph, [d for _, d in pairs])
+        if not any(is_std(n, "Conv", "ConvTranspose") for i, n in k_nodes.items() if i not in others):
+            return f"{k.name!r} has no Conv of its own beside the aux heads"
+        own_ids = {id(n) for n in own}
+        shared = [t for n in own for t in n.inputs   # computed by a node both need: not the image itself
+                  if id(t) in lead_tensors and id(t) not in static and producer(t) is not None
+                  and id(producer(t)) not in own_ids]
+        if not shared:
+            return f"{d.name!r} reads nothing the lead heads compute: not one model's heads"
+    return None
