@@ -8,6 +8,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep.ir.graph import is_std, producer
 from onnxrep.ir.ops import LINEAR, SHAPE_READS
+from onnxrep.ir.counts import count_macs
 from onnxrep.ir.shapes import weightless_view
 
 
@@ -109,6 +110,4 @@ def _macs_of(graph: gs.Graph, view, nodes: list) -> int:
             view = weightless_view(graph)
         except Exception:  # noqa: BLE001 -- an exotic graph we can't export here: MACs unknown, not an error
             return 0
-    from onnxrep.report import count_macs
-
     return count_macs(view, only=targets)
