@@ -50,6 +50,7 @@ lint: install
 bench: install
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) peer_benchmarks/run.py
+	$(PY) peer_benchmarks/float16.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -20,6 +20,7 @@ from onnxrep.io import OnnxrepError
 from onnxrep.passes import DEFAULT_PIPELINE, Context, run_pipeline, select
 from onnxrep.report import Report, model_stats
 from onnxrep.verify import Verification, verify as _verify
+from onnxrep.verify.inputs import make_inputs
 
 __version__ = "0.1.0"
 __all__ = ["optimize", "Result", "OnnxrepError", "DEFAULT_PIPELINE", "__version__"]
@@ -66,17 +67,47 @@ def _as_tuple(value) -> tuple:
     return (value,) if isinstance(value, (str, int)) else tuple(value)
 
 
+def _to_float16(optimized: onnx.ModelProto, original: onnx.ModelProto, ctx: Context, feeds: list[dict],
+                keep_io_types: bool, fp32_ops: tuple, fp32_nodes: tuple):
+    """The final graph in float16 where it is safe (passes/float16.py), its ranges measured first on the
+    verification inputs with the float32 model."""
+    from onnxrep.passes.float16 import Float16Options, ToFloat16
+    from onnxrep.verify.ranges import measure_ranges
+
+    known = {n.name for n in optimized.graph.node}
+    unknown = [n for n in fp32_nodes if n not in known]
+    if unknown:
+        raise OnnxrepError(f"--fp32-nodes: no node named {', '.join(map(repr, unknown))} in the optimized graph "
+                           f"(`onnxrep inspect` lists them after optimizing; names are the optimized model's)")
+    options = Float16Options(keep_io_types=keep_io_types, fp32_ops=fp32_ops, fp32_nodes=fp32_nodes,
+                             ranges=measure_ranges(optimized, feeds))
+    graph = import_model(optimized)
+    result = ToFloat16(options).run(graph, ctx)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return from_graph(graph, original), result
+
+
 def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 2, seed: int = 0,
              input_shapes: dict | None = None, input_data: list[dict] | None = None,
              rtol: float | None = None, atol: float | None = None, noise_factor: float | None = None,
              allow_unverified: bool = False, aux: str = "auto",
-             keep_outputs=(), drop_outputs=(), rename_outputs: bool = False, on_step=None) -> Result:
+             keep_outputs=(), drop_outputs=(), rename_outputs: bool = False, precision: str = "fp32",
+             keep_io_types: bool = True, fp32_ops=(), fp32_nodes=(), min_agreement: float = 0.99,
+             on_step=None) -> Result:
     """Optimize a model (ModelProto or path) and, unless verify=False, prove it equal in onnxruntime.
 
     passes: names of passes to run (default: the whole DEFAULT_PIPELINE), in pipeline order.
     allow_unverified: when onnxruntime cannot run the original, the result is still ok (status "unverified").
+    precision: "fp32" (the default) or "fp16": after the passes, weights and activations become float16
+    except where that would cost accuracy (passes/float16.py), with graph inputs and outputs kept float32
+    unless keep_io_types=False; fp32_ops / fp32_nodes keep more in float32; verification then compares at
+    float16's precision and requires min_agreement of the YOLO detections (verify/detections.py).
     on_step: optional callback(str) told about each step (the CLI's progress line).
     """
+    if precision not in ("fp32", "fp16"):
+        raise OnnxrepError(f"precision {precision!r}: choose fp32 or fp16")
+    if not 0 <= min_agreement <= 1:
+        raise OnnxrepError(f"min agreement {min_agreement}: must be between 0 and 1")
     step = on_step or (lambda _msg: None)
     seconds = {}
     t0 = time.perf_counter()
@@ -98,6 +129,12 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
     results = run_pipeline(graph, ctx, pipeline, on_pass=lambda name: step(f"pass {name}"))
     optimized = from_graph(graph, original)
     seconds["optimize"] = time.perf_counter() - t0
+    if precision == "fp16":
+        step("pass to_float16")
+        t0 = time.perf_counter()
+        optimized, results["to_float16"] = _to_float16(optimized, original, ctx, input_data or make_inputs(
+            original, samples, seed, input_shapes), keep_io_types, _as_tuple(fp32_ops), _as_tuple(fp32_nodes))
+        seconds["float16"] = time.perf_counter() - t0
 
     renamed = {}
     outputs = {}
@@ -116,7 +153,8 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         t0 = time.perf_counter()
         verification = _verify(original, optimized, samples=samples, seed=seed, shapes=input_shapes,
                                feeds=input_data, rtol=rtol, atol=atol, noise_factor=noise_factor, renamed=renamed,
-                               dropped=outputs.get("dropped", ()), strict_outputs=True)
+                               dropped=outputs.get("dropped", ()), strict_outputs=True, precision=precision,
+                               detections={"min_agreement": min_agreement})
         seconds["verify"] = time.perf_counter() - t0
 
     report = Report(
@@ -124,7 +162,9 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         output=None,
         before=model_stats(original, file_bytes),
         after=model_stats(optimized, None),
-        passes={name: {"count": r.count, "declined": list(r.notes)} for name, r in results.items()},
+        passes={name: {"count": r.count, "declined": list(r.notes), **({"float16": r.info["float16"]}
+                                                                       if "float16" in r.info else {})}
+                for name, r in results.items()},
         outputs=outputs,
         verification=verification.to_dict() if verification else None,
         seconds={k: round(v, 3) for k, v in seconds.items()},

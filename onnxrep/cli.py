@@ -179,6 +179,22 @@ output_options = [
 ]
 
 
+precision_options = [
+    click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+                 help="fp16: after the passes, weights and activations in float16 except where that costs accuracy "
+                      "(each exception listed with its reason); verified against the float32 model at float16 "
+                      "tolerances and by detection agreement."),
+    click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
+                 help="With fp16: graph inputs and outputs stay float32 (one Cast each at the boundary)."),
+    click.option("--fp32-ops", default=None, metavar="OPS", callback=_names,
+                 help="With fp16: op types to keep in float32 (comma-separated, e.g. Sigmoid,Resize)."),
+    click.option("--fp32-nodes", default=None, metavar="NAMES", callback=_names,
+                 help="With fp16: node names (of the optimized graph) to keep in float32."),
+    click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
+                 help="With fp16: the share of detections (after NMS, tie-aware) that must agree with float32."),
+]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxrep")
 def main():
@@ -198,6 +214,7 @@ def main():
 @click.option("--external-data/--no-external-data", default=None,
               help="Save weights in <output>.data (default: when the input had external data or the model is over 2 GB).")
 @with_options(output_options)
+@with_options(precision_options)
 @with_options(verify_options)
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the report as JSON ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -269,7 +286,13 @@ def _failure(v) -> str:
     if v.unexpected:
         return f"output {', '.join(v.unexpected)} is not in the original"
     where = next((o for o in v.outputs if not o.ok), None)
-    return f"output {where.name} diverged: {where.message}" if where else v.skipped_reason
+    if where:
+        return f"output {where.name} diverged: {where.message}"
+    low = next(((name, a) for name, a in v.agreements.items() if a["rate"] < a.get("min_agreement", 1)), None)
+    if low:
+        name, a = low
+        return f"output {name}: detections agree {a['rate']:.2%}, below the minimum; worst: {a['worst']}"
+    return v.skipped_reason
 
 
 @main.command()

@@ -100,6 +100,15 @@ class Report:
             lines.append(text)
             if verbose:
                 lines.extend(f"    declined {d}" for d in declined)
+            half = info.get("float16")
+            if half:   # what stayed float32, and why
+                for reason, nodes in half["kept_nodes"].items():
+                    shown = nodes if verbose else nodes[:3]
+                    lines.append(f"    float32: {len(nodes)}× {reason}: {', '.join(shown)}"
+                                 f"{', ...' if len(shown) < len(nodes) else ''}")
+                if half["weights_flushed_to_zero"]:
+                    lines.append(f"    {half['weights_flushed_to_zero']:,} weight values below float16's range "
+                                 f"became 0")
         for key in ("dropped", "kept", "renamed", "note"):
             if self.outputs.get(key):
                 lines.append(f"outputs {key}: {self.outputs[key]}")

@@ -26,7 +26,7 @@ import onnx
 from onnxrep.io import EXTERNAL_DATA_THRESHOLD, save, tensor_bytes
 from onnxrep.verify.inputs import check_feeds, load_input_data, make_inputs, parse_shapes, resolve_shapes
 from onnxrep.verify.noise import appended, noisy_twin
-from onnxrep.verify.tolerance import NOISE_FACTOR, OutputCheck, compare, dtype_name, levels, per_channel
+from onnxrep.verify.tolerance import NOISE_FACTOR, NOISE_FACTOR_FP16, OutputCheck, compare, dtype_name, levels, per_channel
 
 __all__ = ["verify", "reference", "Reference", "Verification", "OutputCheck", "compare", "make_inputs", "parse_shapes", "load_input_data",
            "resolve_shapes", "NOISE_FACTOR"]
@@ -46,6 +46,7 @@ class Verification:
     shapes: list = field(default_factory=list)      # per sample, the input shapes fed
     noise_measured: bool = True
     noise_error: str = ""
+    agreements: dict = field(default_factory=dict)   # output -> detection agreement (float16 results)
 
     @property
     def status(self) -> str:
@@ -82,6 +83,8 @@ class Verification:
             out.append(text)
         for name in self.not_compared:
             out.append(f"verify {name}: not compared (absent from the optimized model)")
+        for name, a in self.agreements.items():
+            out.append(f"verify {name}: {a['line']}")
         return out
 
 
@@ -142,13 +145,13 @@ class Reference:
 
 
 def reference(original, *, samples: int = 2, seed: int = 0, shapes: dict | None = None,
-              feeds: list[dict] | None = None) -> Reference:
+              feeds: list[dict] | None = None, as_float16: bool = False) -> Reference:
     """Run the original (with its noisy twin) on the verification inputs. The ModelProto is borrowed: the
     twin is appended for the session and removed again before this returns."""
     original = _as_model(original)
     outputs = [o.name for o in original.graph.output]
     with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as work:
-        noisy_nodes, noisy_outputs, twins = noisy_twin(original, seed + 1)
+        noisy_nodes, noisy_outputs, twins = noisy_twin(original, seed + 1, as_float16)
         sess, noise_ok, noise_error = None, True, ""
         try:
             with appended(original, noisy_nodes, noisy_outputs):
@@ -179,16 +182,21 @@ def reference(original, *, samples: int = 2, seed: int = 0, shapes: dict | None 
 def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict | None = None,
            feeds: list[dict] | None = None, rtol: float | None = None, atol: float | None = None,
            noise_factor: float | None = None, renamed: dict | None = None, dropped=None,
-           strict_outputs: bool = False, ref: Reference | None = None) -> Verification:
+           strict_outputs: bool = False, ref: Reference | None = None, precision: str = "same",
+           detections: dict | None = None) -> Verification:
     """Run both models on the same inputs and compare their outputs (see the module docstring).
 
     original/optimized: ModelProto or path. renamed: original output name -> new name. dropped: outputs of
     the original removed on purpose. strict_outputs: the optimized outputs must be exactly the original's
     minus `dropped` (optimize() asks for this; the `verify` command only lists what it could not compare).
     ref: the original's side computed once by reference() (several optimized models against one original).
+    precision: "fp16" when `optimized` computes in float16 what `original` computes in float32: the noise is
+    measured at float16's step, and YOLO outputs get the detection agreement check (`detections`: conf, iou,
+    max_det, min_agreement).
     """
     renamed = dict(renamed or {})
-    ref = ref or reference(original, samples=samples, seed=seed, shapes=shapes, feeds=feeds)
+    ref = ref or reference(original, samples=samples, seed=seed, shapes=shapes, feeds=feeds,
+                           as_float16=precision == "fp16")
     if not ref.ran:
         return Verification(ran=False, ok=False, skipped_reason=ref.skipped_reason)
     new_model = optimized if isinstance(optimized, onnx.ModelProto) else onnx.load(str(optimized), load_external_data=False)
@@ -203,7 +211,9 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
         except Exception as exc:  # the original runs but ours does not: a failure, not a skip
             return Verification(ran=True, ok=False, skipped_reason=f"onnxruntime cannot load the optimized model ({_short(exc)})")
         gots = []
+        half = {i.name for i in new_sess.get_inputs() if i.type == "tensor(float16)"}   # keep_io_types off
         for feed in ref.feeds:
+            feed = {k: (np.asarray(v, np.float16) if k in half else v) for k, v in feed.items()}
             try:
                 gots.append(dict(zip([b for _, b in pairs], new_sess.run([b for _, b in pairs], feed))))
             except Exception as exc:  # noqa: BLE001
@@ -211,24 +221,71 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
         del new_sess
     checks = []
     for a, b in pairs:
-        level = _level(a, ref.clean, ref.noisy, ref.noise_measured)
+        level = _level(a, ref.clean, ref.noisy, ref.noise_measured, precision)
         worst = None
         for clean, got in zip(ref.clean, gots):
-            c = compare(b if a == b else f"{a} -> {b}", np.asarray(clean[a]), np.asarray(got[b]), level,
-                        rtol=rtol, atol=atol, factor=noise_factor)
+            want = np.asarray(clean[a])
+            have = np.asarray(got[b])
+            if precision == "fp16" and have.dtype == np.float16 and want.dtype != np.float16:
+                have = have.astype(want.dtype)
+            c = compare(b if a == b else f"{a} -> {b}", want, have, level, rtol=rtol, atol=atol,
+                        factor=noise_factor if noise_factor is not None or precision != "fp16" else NOISE_FACTOR_FP16)
             c.noise_measured = ref.noise_measured and all(a in n for n in ref.noisy)
             if worst is None or (worst.ok and not c.ok) or (worst.ok == c.ok and c.used > worst.used):
                 worst = c
         checks.append(worst)
     ok = all(c.ok for c in checks) and not missing and not unexpected
-    return Verification(ran=True, ok=ok, samples=len(ref.feeds), outputs=checks,
+    agreements = {}
+    if precision == "fp16":
+        agreements = _agreements(pairs, ref, gots, detections or {})
+        ok = ok and all(a["rate"] >= a["min_agreement"] for a in agreements.values())
+    return Verification(ran=True, ok=ok, samples=len(ref.feeds), outputs=checks, agreements=agreements,
                         renamed={a: b for a, b in pairs if a != b}, missing=missing, unexpected=unexpected,
                         not_compared=not_compared, shapes=[{k: list(np.shape(v)) for k, v in f.items()} for f in ref.feeds],
                         noise_measured=ref.noise_measured, noise_error=ref.noise_error)
 
 
-def _level(name: str, refs: list[dict], noises: list[dict], noise_ok: bool) -> np.ndarray | None:
-    """Per-channel noise level of one output over all samples (None: not a float output)."""
+EPS_FACTOR = 4.0   # a tie: scores within 4x the largest move the noisy twin shows at float16's step
+TWIN_SLACK = 2.5   # the conversion may disagree 2.5x as often as the twin does (it moved outputs <= 2.2x as far)
+
+
+def _agreements(pairs, ref: Reference, gots: list[dict], settings: dict) -> dict:
+    """Detection agreement per YOLO-shaped output (verify/detections.py).
+
+    The float32 model is also compared with its own noisy twin (itself, rounded at float16's step): a model
+    whose detections move that much under float16 rounding alone (a chaotic random-weight network) can't
+    be asked for more. The minimum is then lowered to 1 - TWIN_SLACK x the twin's disagreement share, and
+    the report says so; a well-conditioned model's twin agrees fully and the minimum stands."""
+    from onnxrep.verify.detections import agreement, is_yolo_output
+
+    out = {}
+    minimum = settings.get("min_agreement", 0.99)
+    options = {k: v for k, v in settings.items() if k in ("conf", "iou", "max_det")}
+    for a, b in pairs:
+        first = np.asarray(ref.clean[0][a])
+        if not is_yolo_output(first.shape) or not np.issubdtype(first.dtype, np.floating):
+            continue
+        clean = [np.asarray(c[a]) for c in ref.clean]
+        eps, twin = None, None
+        if ref.noise_measured and all(a in n for n in ref.noisy):   # float16 rounding's own effect on the scores
+            noisy = [np.asarray(n[a], first.dtype) for n in ref.noisy]
+            eps = EPS_FACTOR * max(float(np.max(np.abs(np.asarray(c, np.float64)[:, 4:] - np.asarray(n, np.float64)[:, 4:])))
+                                   for c, n in zip(clean, noisy))
+            twin = agreement(clean, noisy, eps=eps, **options)
+        result = agreement(clean, [np.asarray(g[b], first.dtype) for g in gots], eps=eps, **options)
+        required = minimum if twin is None else min(minimum, 1.0 - TWIN_SLACK * (1.0 - twin.rate))
+        line = result.line()
+        if required < minimum:
+            line += (f"; the float32 model agrees {twin.rate:.2%} with itself under float16 rounding, so "
+                     f"{required:.2%} is required instead of {minimum:.2%}")
+        out[b] = {**result.to_dict(), "min_agreement": required, "twin_rate": None if twin is None else twin.rate,
+                  "line": line}
+    return out
+
+
+def _level(name: str, refs: list[dict], noises: list[dict], noise_ok: bool, precision: str = "same") -> np.ndarray | None:
+    """Per-channel noise level of one output over all samples (None: not a float output). precision
+    "fp16": without a measurement, the fixed share is float16's."""
     first = np.asarray(refs[0][name])
     if not np.issubdtype(first.dtype, np.floating) and dtype_name(first) != "bfloat16":
         return None
@@ -240,6 +297,8 @@ def _level(name: str, refs: list[dict], noises: list[dict], noise_ok: bool) -> n
         with np.errstate(invalid="ignore", over="ignore"):   # inf - inf: per_channel skips non-finite values
             noise = np.max([per_channel(np.asarray(n[name], np.float64) - np.asarray(r[name], np.float64))
                             for r, n in zip(refs, noises)], axis=0)
+    if precision == "fp16" and noise is None:
+        return levels(None, scale, "float16", NOISE_FACTOR_FP16)
     return levels(noise, scale, dtype_name(first))
 
 

@@ -49,8 +49,13 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def noisy_twin(model: onnx.ModelProto, seed: int) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto], dict]:
-    """(nodes, graph outputs) to append to `model.graph`, and {original output: its noisy twin's name}."""
+def noisy_twin(model: onnx.ModelProto, seed: int, as_float16: bool = False
+               ) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto], dict]:
+    """(nodes, graph outputs) to append to `model.graph`, and {original output: its noisy twin's name}.
+
+    as_float16: perturb float32 values by float16's step (2^-10): the noise a float16 copy of this float32
+    model may show, which is what a --precision fp16 result is held to."""
+    ulps = {**ULP, **({TensorProto.FLOAT: ULP[TensorProto.FLOAT16]} if as_float16 else {})}
     g = model.graph
     types = _elem_types(model)
     twin = {}   # value -> its name in the noisy copy (values not produced by nodes are shared)
@@ -66,7 +71,7 @@ def noisy_twin(model: onnx.ModelProto, seed: int) -> tuple[list[onnx.NodeProto],
         nonlocal serial
         serial += 1
         u, out = f"{value}{SUFFIX}_{tag}u", f"{value}{SUFFIX}_{tag}"
-        e = ULP[elem]
+        e = ulps[elem]
         gen = TensorProto.DOUBLE if elem == TensorProto.DOUBLE else TensorProto.FLOAT
         nodes.append(helper.make_node("RandomUniformLike", [value], [u], name=f"{u}_gen", dtype=gen,
                                       low=1.0 - e, high=1.0 + e, seed=float(seed * 100_003 + serial)))

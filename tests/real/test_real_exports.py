@@ -112,3 +112,29 @@ def test_macs_do_not_depend_on_the_exporter(real_export, model):
     ex = real_export(model)
     macs = {f: count_macs(onnx.load(str(ex.path(f)), load_external_data=False)) for f in ("torchscript", "dynamo-raw")}
     assert macs["torchscript"] == macs["dynamo-raw"] > 0, macs
+
+
+@pytest.mark.parametrize("model,form", CASES)
+def test_float16_conversion_of_real_exports(real_export, model, form):
+    """--precision fp16 on every real export: valid, about half the size, verified against the float32 model
+    (float16 tolerances; YOLO outputs also by detection agreement), and what stays float32 is listed."""
+    ex = real_export(model)
+    fp32 = onnxrep.optimize(ex.path(form), verify=False)
+    result = onnxrep.optimize(ex.path(form), precision="fp16")
+    assert result.ok, result.report.text()
+    onnx.checker.check_model(result.model, full_check=True)
+    kept = result.report.passes["to_float16"]["float16"]["kept_nodes"]
+    by_range = {n.split(" (")[0] for r, nodes in kept.items() if r.startswith("its values reach") for n in nodes}
+    # every Conv kernel is float16 unless its Conv stayed float32 by rule (random-init networks reach 1e5)
+    conv_weights = {n.input[1]: n.name for n in result.model.graph.node if n.op_type == "Conv"}
+    float32_kernels = {t.name for t in result.model.graph.initializer
+                       if t.name in conv_weights and t.data_type == onnx.TensorProto.FLOAT}
+    listed = {n.split(" (")[0] for nodes in kept.values() for n in nodes}
+    assert {conv_weights[w] for w in float32_kernels} <= listed
+    ratio = result.model.ByteSize() / fp32.model.ByteSize()
+    assert (0.45 <= ratio <= 0.55) if not by_range else ratio < 0.8, (ratio, len(by_range))
+    for agree in result.verification.agreements.values():
+        assert agree["matched"] >= 20, agree["line"]
+    if not model.startswith(("v7", "repvgg", "mobileone", "repvit", "repghost")):   # a YOLOv9/GELAN DFL head
+        assert result.verification.agreements
+        assert any(r.startswith("Softmax") for r in kept)

@@ -1,0 +1,245 @@
+"""to_float16: float32 weights and activations  =>  float16, except where float16 would cost accuracy.
+
+Not in the default pipeline: ``optimize(precision="fp16")`` / ``--precision fp16`` runs it after the other
+passes, once the graph is final. Decided node by node, in topological order:
+
+  * a node computes in float16 when it is a default-domain op whose output type variable allows float16 and
+    is shared with a float32 input (Conv, Add, Concat, Resize's X...): every input slot of that type variable
+    becomes float16 (constants converted once, shared by every reader; activations cast once); slots of
+    other types keep theirs (Resize's scales are ``tensor(float)`` by the spec, Reshape's shape is int64);
+  * it stays float32, with the reason listed in the report, when:
+      - it is a Softmax or anything computed from one (YOLO's DFL expectation and the box decode
+        ``(anchor -/+ distance) * stride``, whose terms reach hundreds of pixels: float16's step at 512 is
+        0.5 px), or an op that accumulates in its own type (Reduce*, Softmax, LogSoftmax, the norms);
+      - a value it computes, measured on the verification inputs with the float32 model, reaches 32768
+        (float16's largest is 65504) or is non-zero but everywhere below 2^-14 (float16's smallest normal);
+      - one of its weights would overflow float16;
+      - the user named its op (``--fp32-ops``) or the node (``--fp32-nodes``);
+  * graph inputs and outputs stay float32 by default (``keep_io_types``): one Cast after each input read
+    in float16, one before each output made in float16; without it they become float16.
+One Cast per tensor and target type, shared by every reader, and never a Cast of a Cast: a tensor that is
+itself a cast of a float16 tensor is read at the source. The result is valid by construction (types follow
+each op's schema), which tests check with onnx.checker, shape inference, onnxruntime and OpenVINO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxrep.ir.graph import Namer, is_std, model_opset, producer
+from onnxrep.ir.private_api import peek
+from onnxrep.ir.shapes import infer_types
+from onnxrep.passes.base import Context, PassResult
+
+F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+F16_MAX, F16_TINY = 65504.0, 2.0 ** -14
+RANGE_LIMIT = 32768.0
+ACCUMULATING = {"Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                "ReduceLogSumExp", "ReduceSumSquare", "ReduceProd", "LayerNormalization", "GroupNormalization",
+                "InstanceNormalization", "LpNormalization", "MeanVarianceNormalization", "CumSum"}
+
+
+@dataclass
+class Float16Options:
+    keep_io_types: bool = True
+    fp32_ops: tuple = ()
+    fp32_nodes: tuple = ()
+    ranges: dict = field(default_factory=dict)   # tensor name -> max |value| measured with the float32 model
+
+
+def _slots(node: gs.Node, opset: int):
+    """(input slot indices of the output's type variable, that variable allows float16, input slot -> its
+    type variable or fixed type, the output slots of that variable), or None for an op without a schema."""
+    try:
+        schema = onnx.defs.get_schema(node.op, opset, "")
+    except Exception:  # noqa: BLE001 -- unknown op: leave it as it is
+        return None
+    if not schema.outputs:
+        return None
+    allows = {t.type_param_str: "tensor(float16)" in t.allowed_type_strs for t in schema.type_constraints}
+    var = schema.outputs[0].type_str
+    slot_type = {}
+    for i in range(len(node.inputs)):
+        formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
+        if formal is None or (i >= len(schema.inputs) and formal.option != onnx.defs.OpSchema.FormalParameterOption.Variadic):
+            return None
+        slot_type[i] = formal.type_str
+    outs = [j for j in range(len(node.outputs))
+            if schema.outputs[min(j, len(schema.outputs) - 1)].type_str == var]
+    shared = {v for o in schema.outputs for v in [o.type_str]}
+    return [i for i, v in slot_type.items() if v == var], allows.get(var, False), slot_type, outs, shared, allows
+
+
+class ToFloat16:
+    name = "to_float16"
+
+    def __init__(self, options: Float16Options | None = None):
+        self.o = options or Float16Options()
+        self._peaks: dict[str, float] = {}   # node -> the value that kept it float32 (range rules)
+
+    def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
+        result = PassResult()
+        opset = model_opset(graph)
+        types = infer_types(graph)
+        namer = Namer(graph)
+        is16: dict[int, bool] = {}
+        casts: dict[tuple[int, int], gs.Tensor] = {}
+        consts: dict[int, gs.Constant] = {}
+        kept: dict[str, list[str]] = {}
+        flushed = [0]   # weight elements too small for float16 (they become 0)
+
+        def elem(t: gs.Tensor) -> int:
+            if isinstance(t, gs.Constant):
+                return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(peek(t).dtype)) if t.shape is not None else 0
+            return types.elem(t)
+
+        def as_type(t: gs.Tensor, want16: bool) -> gs.Tensor:
+            """`t` in float16 (want16) or float32: itself, a converted constant, or one shared Cast."""
+            if isinstance(t, gs.Constant):
+                if not want16:
+                    return t
+                if id(t) not in consts:
+                    value = peek(t)
+                    half = value.astype(np.float16)
+                    flushed[0] += int(np.count_nonzero((value != 0) & (half == 0)))
+                    consts[id(t)] = (t, gs.Constant(namer(f"{t.name}_fp16"), half))
+                return consts[id(t)][1]
+            if is16.get(id(t), False) == want16:
+                return t
+            src = producer(t)   # never a Cast of a Cast: read the tensor that was cast
+            if src is not None and is_std(src, "Cast") and src.inputs and is16.get(id(src.inputs[0]), False) == want16 \
+                    and elem(src.inputs[0]) in (F16, F32):
+                return src.inputs[0]
+            key = (id(t), want16)
+            if key not in casts:
+                out = gs.Variable(namer(f"{t.name}_{'fp16' if want16 else 'fp32'}"),
+                                  dtype=np.float16 if want16 else np.float32, shape=t.shape)
+                graph.nodes.append(gs.Node("Cast", name=namer(f"{t.name}/Cast"), attrs={"to": F16 if want16 else F32},
+                                           inputs=[t], outputs=[out]))
+                is16[id(out)] = want16
+                casts[key] = out
+            return casts[key]
+
+        if not self.o.keep_io_types:
+            for t in graph.inputs:
+                if elem(t) == F32:
+                    t.dtype = np.float16
+                    is16[id(t)] = True
+        after_softmax: set[int] = set()
+        for node in list(graph.nodes):
+            floats = [t for t in node.inputs if t.name and (elem(t) in (F32, F16) or is16.get(id(t)))]
+            if not floats and not any(types.elem(o) == F32 for o in node.outputs):
+                continue
+            if not any(types.elem(o) in (F32, F16) for o in node.outputs):   # Shape, Size, comparisons...
+                if any(id(t) in after_softmax for t in node.inputs) and node.op not in ("Shape", "Size"):
+                    after_softmax.update(id(o) for o in node.outputs)
+                self._feed_float32(node, _slots(node, opset), as_type, is16)
+                continue
+            reason = self._keep_reason(node, opset, after_softmax, elem)
+            slots = _slots(node, opset) if reason is None else None
+            if reason is None and (slots is None or not slots[1] or not slots[0]):
+                reason = "its type can't be float16" if slots is not None else "no schema"
+            if reason is not None:
+                if node.op in ("Softmax", "LogSoftmax") or any(id(t) in after_softmax for t in node.inputs):
+                    after_softmax.update(id(o) for o in node.outputs if node.op not in ("Shape", "Size"))
+                label = node.name or node.op
+                kept.setdefault(reason, []).append(f"{label} ({self._peaks[node.name]:.3g})"
+                                                   if node.name in self._peaks else label)
+                self._feed_float32(node, slots or _slots(node, opset), as_type, is16)
+                continue
+            t_slots, _, slot_type, out_slots, _, allows = slots
+            for i in t_slots:
+                t = node.inputs[i]
+                if t.name and elem(t) in (F32, F16):
+                    node.inputs[i] = as_type(t, True)
+            for i, v in slot_type.items():   # other float slots: float32 unless their own type allows float16
+                t = node.inputs[i]
+                if i not in t_slots and t.name and is16.get(id(t)) and not allows.get(v, False):
+                    node.inputs[i] = as_type(t, False)
+            for j in out_slots:
+                o = node.outputs[j]
+                if types.elem(o) in (F32, 0):
+                    if o.dtype is not None:   # typed in the file: stays typed (untyped ones add no value_info)
+                        o.dtype = np.float16
+                    is16[id(o)] = True
+            result.count += 1
+        self._outputs(graph, namer, is16)
+        for t in graph.inputs + graph.outputs:
+            t.dtype = np.float16 if is16.get(id(t)) else t.dtype
+        interface = {id(t) for t in graph.inputs + graph.outputs}
+        for old, half in consts.values():   # a weight read only in float16 keeps its name
+            if not old.outputs and id(old) not in interface:
+                half.name, old.name = old.name, half.name
+        result.changed = bool(result.count)
+        result.info["float16"] = {"nodes": result.count, "kept_float32": {r: len(v) for r, v in kept.items()},
+                                  "kept_nodes": kept, "weights_flushed_to_zero": flushed[0]}
+        return result
+
+    def _keep_reason(self, node: gs.Node, opset: int, after_softmax: set, elem) -> str | None:
+        if not is_std(node) or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            return "not a default-domain op without subgraphs"
+        if node.name in self.o.fp32_nodes:
+            return "named by --fp32-nodes"
+        if node.op in self.o.fp32_ops:
+            return f"{node.op} named by --fp32-ops"
+        if node.op in ("Softmax", "LogSoftmax"):
+            return "Softmax (DFL): its expectation and the box decode after it stay float32"
+        if node.op in ACCUMULATING:
+            return f"{node.op} accumulates in its own type"
+        if any(id(t) in after_softmax for t in node.inputs):
+            return "computed from a Softmax (DFL expectation, box decode: terms of hundreds of pixels)"
+        if node.op == "Cast":
+            return "a Cast of the model's own"
+        for o in node.outputs:
+            peak = self.o.ranges.get(o.name)
+            if peak is not None and peak >= RANGE_LIMIT:
+                self._peaks[node.name] = peak
+                return "its values reach 32768 or more on the verification inputs (float16's largest is 65504)"
+            if peak is not None and 0 < peak < F16_TINY:
+                self._peaks[node.name] = peak
+                return f"all its values are below {F16_TINY:.2g} (float16's smallest normal)"
+        for t in node.inputs:
+            if isinstance(t, gs.Constant) and np.issubdtype(peek(t).dtype, np.floating):
+                big = float(np.max(np.abs(peek(t)))) if peek(t).size else 0.0
+                if big > F16_MAX:
+                    self._peaks[node.name] = big
+                    return "a weight beyond 65504 (float16's largest)"
+        return None
+
+    @staticmethod
+    def _feed_float32(node: gs.Node, slots, as_type, is16) -> None:
+        """A float32 node: inputs that became float16 are cast back, unless their slot takes float16 as
+        well and no output shares its type (Shape's data, Cast's input)."""
+        for i, t in enumerate(list(node.inputs)):
+            if not t.name or not is16.get(id(t)):
+                continue
+            if slots is not None:
+                _, _, slot_type, _, out_vars, allows = slots
+                v = slot_type.get(i)
+                if v is not None and allows.get(v, False) and v not in out_vars:
+                    continue
+            node.inputs[i] = as_type(t, False)
+
+    def _outputs(self, graph: gs.Graph, namer: Namer, is16: dict) -> None:
+        """Graph outputs keep float32 (keep_io_types) or become float16: one Cast at the boundary."""
+        for k, out in enumerate(list(graph.outputs)):
+            if bool(is16.get(id(out))) != self.o.keep_io_types:
+                continue   # already the type the interface wants
+            want16 = not self.o.keep_io_types
+            src = producer(out)
+            if src is None:
+                continue
+            inner = gs.Variable(namer(f"{out.name}_{'fp32' if want16 else 'fp16'}"),
+                                dtype=np.float32 if want16 else np.float16, shape=out.shape)
+            src.outputs[src.outputs.index(out)] = inner
+            for reader in list(out.outputs):
+                reader.inputs[reader.inputs.index(out)] = inner
+            graph.nodes.append(gs.Node("Cast", name=namer(f"{out.name}/Cast"), attrs={"to": F16 if want16 else F32},
+                                       inputs=[inner], outputs=[out]))
+            out.dtype = np.float16 if want16 else np.float32
+            is16[id(inner)] = not want16
+            is16[id(out)] = want16

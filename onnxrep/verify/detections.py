@@ -1,0 +1,165 @@
+"""Do two detectors find the same objects? Agreement after NMS, tie-aware (the float16 accuracy report).
+
+For a YOLO output ``[B, 4+nc, A]`` (centre x, centre y, width, height, then nc class scores per anchor):
+detections are per-class greedy NMS (score >= conf, IoU > iou suppresses, at most max_det per image), as
+the official detect scripts do. Two lists are matched greedily, best IoU first: a match is the same class
+with IoU >= 0.5. A detection without a match is a *tie*, not a disagreement, when the other model scored
+the same anchor and class within the measured score error eps, with a box over it (IoU >= 0.5): then only
+a threshold fell between two nearly equal numbers (the conf cut, NMS between two nearly equal boxes, the
+max_det cut, two classes' nearly equal scores). Anything else is a disagreement. This matters for
+random-weight models, whose scores are all small and nearly equal. Agreement is matched / (matched +
+disagreements); ties are reported separately. When the reference finds fewer than ``min_detections`` at
+conf (a random-weight model's scores are all small), conf is lowered to the score of its 300th best
+candidate, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+def is_yolo_output(shape) -> bool:
+    """[B, 4+nc, A] with A the larger axis (anchors), nc >= 1."""
+    return len(shape) == 3 and shape[1] >= 5 and shape[2] > shape[1]
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    """Greedy NMS: indices kept, best score first (ties: lower index first, as a stable sort gives)."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        rest = order[1:]
+        order = rest[_iou(boxes[i], boxes[rest]) <= iou]
+    return keep
+
+
+def detect(y: np.ndarray, conf: float, iou: float, max_det: int) -> list[dict]:
+    """Detections of one image from y [4+nc, A]: per-class NMS. Each: box (x1, y1, x2, y2), score, cls."""
+    y = np.asarray(y, np.float64)
+    boxes = _boxes(y)
+    scores = y[4:]
+    out = []
+    for c in range(scores.shape[0]):
+        sel = np.flatnonzero(scores[c] >= conf)
+        if not sel.size:
+            continue
+        for k in nms(boxes[sel], scores[c, sel], iou):
+            a = int(sel[k])
+            out.append({"box": boxes[a], "score": float(scores[c, a]), "cls": c, "anchor": a})
+    out.sort(key=lambda d: -d["score"])
+    return out[:max_det]
+
+
+@dataclass
+class Agreement:
+    matched: int = 0
+    disagreements: int = 0
+    ties: int = 0
+    mean_iou: float = 1.0
+    max_score_diff: float = 0.0
+    eps: float = 0.0
+    conf: float = 0.25
+    conf_lowered: bool = False
+    worst: str = ""                  # the worst offender, in words
+    details: list = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        total = self.matched + self.disagreements
+        return 1.0 if total == 0 else self.matched / total
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rate"] = self.rate
+        return d
+
+    def line(self) -> str:
+        conf = f"conf {self.conf:.3g}" + (" (lowered: this model's scores are all small)" if self.conf_lowered else "")
+        text = (f"detections: {self.rate:.2%} agree ({self.matched} matched, {self.disagreements} disagree, "
+                f"{self.ties} ties within the score error {self.eps:.2g}); mean IoU of matches {self.mean_iou:.4f}, "
+                f"max score difference {self.max_score_diff:.3g} [{conf}]")
+        return text + (f"; worst: {self.worst}" if self.worst else "")
+
+
+def _boxes(y: np.ndarray) -> np.ndarray:
+    cx, cy, w, h = np.asarray(y[:4], np.float64)
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+
+
+def _unexplained(d: dict, other: np.ndarray, eps: float) -> bool:
+    """Is a detection's absence from the other list a real difference? Not when the other model scored the
+    same anchor and class within eps with a box over it (IoU >= 0.5): a threshold (conf, NMS, max_det) fell
+    between two nearly equal numbers."""
+    score = float(other[4 + d["cls"], d["anchor"]])
+    box = _boxes(other[:, d["anchor"]:d["anchor"] + 1])
+    return abs(score - d["score"]) > eps or float(_iou(d["box"], box)[0]) < 0.5
+
+
+def agreement(refs: list[np.ndarray], news: list[np.ndarray], *, conf: float = 0.25, iou: float = 0.45,
+              max_det: int = 300, min_detections: int = 20, eps: float | None = None) -> Agreement:
+    """refs/news: YOLO outputs [B, 4+nc, A] of the reference and the other model, sample by sample.
+
+    eps: the score error that makes a tie. verify() passes the one it measured with the float32 model's
+    noisy twin (scores moved by float16 rounding alone). Without it, the 99th percentile of the differences
+    of the scores that matter (at least half the cut in either model) stands in: a broken model that moves
+    a few scores far cannot widen it (the largest difference would; that is why it is not used)."""
+    images = [(r[i], n[i]) for r, n in zip(refs, news) for i in range(r.shape[0])]
+    lowered = False
+    if sum(len(detect(r, conf, iou, max_det)) for r, _ in images) < min_detections:
+        best = np.sort(np.concatenate([np.asarray(r[4:], np.float64).max(0) for r, _ in images]))[::-1]
+        conf = float(best[min(299, best.size - 1)])
+        lowered = True
+    if eps is None:
+        pairs = [(np.asarray(r[4:], np.float64), np.asarray(n[4:], np.float64)) for r, n in images]
+        near = np.concatenate([np.abs(a - b)[np.maximum(a, b) >= conf / 2] for a, b in pairs])
+        eps = float(np.quantile(near, 0.99)) if near.size else 0.0
+    result = Agreement(eps=eps, conf=conf, conf_lowered=lowered)
+    ious, score_diffs = [], []
+    worst_gap = -1.0
+    for k, (r, n) in enumerate(images):
+        a, b = detect(r, conf, iou, max_det), detect(n, conf, iou, max_det)
+        pairs = sorted(((float(_iou(x["box"], y["box"][None])[0]), i, j) for i, x in enumerate(a)
+                        for j, y in enumerate(b) if x["cls"] == y["cls"]), reverse=True)
+        used_a, used_b = set(), set()
+        for overlap, i, j in pairs:
+            if overlap < 0.5 or i in used_a or j in used_b:
+                continue
+            used_a.add(i)
+            used_b.add(j)
+            ious.append(overlap)
+            score_diffs.append(abs(a[i]["score"] - b[j]["score"]))
+        for side, mine, used in (("only the reference", a, used_a), ("only the other", b, used_b)):
+            for i, d in enumerate(mine):
+                if i in used:
+                    continue
+                if _unexplained(d, n if side == "only the reference" else r, eps):
+                    result.disagreements += 1
+                    gap = d["score"] - conf
+                    if gap > worst_gap:
+                        worst_gap = gap
+                        theirs = float((n if side == "only the reference" else r)[4 + d["cls"], d["anchor"]])
+                        result.worst = (f"image {k}: class {d['cls']} score {d['score']:.4g} at anchor {d['anchor']} "
+                                        f"found by {side} model (the other scored it {theirs:.4g})")
+                else:
+                    result.ties += 1
+    result.matched = len(ious)
+    result.mean_iou = float(np.mean(ious)) if ious else 1.0
+    result.max_score_diff = float(max(score_diffs)) if score_diffs else 0.0
+    return result
