@@ -229,17 +229,6 @@ def test_random_graphs_convert_to_valid_float16_models_that_agree(case):
 
 # ---------------------------------------------------------------- YOLO models
 
-def _top_anchor_errors(ref: np.ndarray, got: np.ndarray, top: int = 100) -> tuple[float, float]:
-    """Box error in pixels and score error relative to the score, on the top-scoring anchors."""
-    px = rel = 0.0
-    for r, g in zip(ref, got):
-        best = np.argsort(r[4:].max(0))[::-1][:top]
-        cls = r[4:].argmax(0)[best]
-        px = max(px, float(np.abs(r[:4, best] - g[:4, best]).max()))
-        rel = max(rel, float((np.abs(r[4 + cls, best] - g[4 + cls, best]) / r[4 + cls, best]).max()))
-    return px, rel
-
-
 def _check_yolo(name, form, imgsz, tmp_path):
     model = models.build(name, form, imgsz=imgsz)
     fp32 = onnxrep.optimize(model, verify=False)
