@@ -108,6 +108,9 @@ class _Builder:
         outputs = outs[self.rows[-1].idx]
         dt = g.fdtype
         b = o.batch
+        if isinstance(b, str) and o.exporter_names and o.layout != "mit":
+            # TorchScript names every dim of an output of a dynamic-batch export after its producer
+            outputs = [(n, tuple(f"Concat{n}_dim_{k + 1}" for k in range(len(shape)))) for n, shape in outputs]
         return g.model([(in_name, dt, (b, 3, *o.imgsz))], [(n, dt, (b, *shape)) for n, shape in outputs])
 
     def _row(self, r, ins):
