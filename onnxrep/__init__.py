@@ -93,6 +93,9 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
              allow_unverified: bool = False, aux: str = "auto",
              keep_outputs=(), drop_outputs=(), rename_outputs: bool = False, precision: str = "fp32",
              keep_io_types: bool = True, fp32_ops=(), fp32_nodes=(), min_agreement: float = 0.99,
+             nms: str | None = None, conf: float = 0.25, iou: float = 0.45, max_det: int = 100,
+             class_agnostic: bool = False, output_layout: str = "anchors-last", input_format: str = "float",
+             bgr: bool = False, names: list[str] | None = None, metadata: bool = False,
              on_step=None) -> Result:
     """Optimize a model (ModelProto or path) and, unless verify=False, prove it equal in onnxruntime.
 
@@ -102,12 +105,23 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
     except where that would cost accuracy (passes/float16.py), with graph inputs and outputs kept float32
     unless keep_io_types=False; fp32_ops / fp32_nodes keep more in float32; verification then compares at
     float16's precision and requires min_agreement of the YOLO detections (verify/detections.py).
+    Deployment adapters (onnxrep/deploy), applied to the verified result and each proven in turn:
+    nms "ort" | "trt" with conf, iou, max_det, class_agnostic (outputs num_dets, det_boxes, det_scores,
+    det_classes); output_layout "anchors-last" | "anchors-first" | "split"; input_format "float" |
+    "uint8-nchw" | "uint8-nhwc" and bgr (preprocessing folded into the first Conv); names (class names)
+    and metadata (write the metadata_props even without another adapter).
     on_step: optional callback(str) told about each step (the CLI's progress line).
     """
     if precision not in ("fp32", "fp16"):
         raise OnnxrepError(f"precision {precision!r}: choose fp32 or fp16")
     if not 0 <= min_agreement <= 1:
         raise OnnxrepError(f"min agreement {min_agreement}: must be between 0 and 1")
+    from onnxrep.deploy import DeployOptions
+
+    deploy = DeployOptions(nms=nms, conf=conf, iou=iou, max_det=max_det, class_agnostic=class_agnostic,
+                           output_layout=output_layout, input_format=input_format, bgr=bgr,
+                           names=None if names is None else list(names), metadata=metadata)
+    deploy.validate()
     step = on_step or (lambda _msg: None)
     seconds = {}
     t0 = time.perf_counter()
@@ -157,6 +171,20 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
                                detections={"min_agreement": min_agreement})
         seconds["verify"] = time.perf_counter() - t0
 
+    deployed = None
+    if deploy.active():
+        from onnxrep.deploy import apply as deploy_apply, check as deploy_check
+
+        step("deployment adapters")
+        t0 = time.perf_counter()
+        deployed = deploy_apply(optimized, deploy)
+        if verification is not None and verification.ran:
+            verification.add_deploy(deploy_check(deployed, input_data or make_inputs(original, samples, seed, input_shapes),
+                                                 seed=seed, rtol=rtol, atol=atol, noise_factor=noise_factor))
+        optimized = deployed.model
+        outputs["kept"] = [o.name for o in optimized.graph.output]
+        seconds["deploy"] = time.perf_counter() - t0
+
     report = Report(
         input=label,
         output=None,
@@ -169,6 +197,7 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         verification=verification.to_dict() if verification else None,
         seconds={k: round(v, 3) for k, v in seconds.items()},
         notes=_pipeline_notes(ctx),
+        deploy=deployed.info if deployed else {},
     )
     return Result(model=optimized, report=report, verification=verification, source=info,
                   allow_unverified=allow_unverified)

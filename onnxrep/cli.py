@@ -195,6 +195,33 @@ precision_options = [
 ]
 
 
+# Deployment adapters (onnxrep/deploy): they flow through optimize(**pass_options) too.
+deploy_options = [
+    click.option("--nms", type=click.Choice(["ort", "trt"]), default=None,
+                 help="Append NMS to the detection head: ort (standard ops: onnxruntime, OpenVINO) or trt (one "
+                      "EfficientNMS_TRT node for TensorRT). Outputs num_dets, det_boxes (x1,y1,x2,y2), det_scores, "
+                      "det_classes, padded to --max-det."),
+    click.option("--conf", type=float, default=0.25, show_default=True, help="With --nms: score threshold (score > conf)."),
+    click.option("--iou", type=float, default=0.45, show_default=True, help="With --nms: IoU above which a box is suppressed."),
+    click.option("--max-det", type=click.IntRange(min=1), default=100, show_default=True,
+                 help="With --nms: detections per image (the outputs are padded to it)."),
+    click.option("--class-agnostic", is_flag=True, help="With --nms: suppress across classes (default: per class)."),
+    click.option("--output-layout", type=click.Choice(["anchors-last", "anchors-first", "split"]), default="anchors-last",
+                 show_default=True, help="The detection output as [B, 4+nc, A], [B, A, 4+nc], or boxes [B, A, 4] and "
+                                         "scores [B, A, nc]."),
+    click.option("--input-format", type=click.Choice(["float", "uint8-nchw", "uint8-nhwc"]), default="float",
+                 show_default=True, help="uint8: the model takes image bytes (0..255); the /255 is folded into the "
+                                         "first Conv."),
+    click.option("--bgr", is_flag=True, help="The model takes BGR images (OpenCV's order); the channel flip is folded "
+                                             "into the first Conv."),
+    click.option("--names", default=None, metavar="FILE",
+                 help="Class names for the metadata: JSON list or {index: name}, a YOLO dataset yaml's names, or one "
+                      "name per line (default: class0, class1, ...)."),
+    click.option("--metadata", is_flag=True, help="Write the deployment metadata (stride, names, imgsz...) even "
+                                                  "without another deployment option."),
+]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxrep")
 def main():
@@ -202,19 +229,28 @@ def main():
     prune auxiliary heads, and prove the result equal with onnxruntime."""
 
 
+def _pass_names() -> str:
+    from onnxrep.passes import DEFAULT_PIPELINE
+
+    return ", ".join(p.name for p in DEFAULT_PIPELINE)
+
+
 @main.command()
 @click.argument("model", type=click.Path())
+@click.argument("output_arg", metavar="[OUTPUT]", required=False, type=click.Path())
 @click.option("-o", "--output", type=click.Path(), default=None, help="Output path (default: <stem>.opt.onnx beside the input).")
 @click.option("--in-place", is_flag=True, help="Allow the output to replace the input file.")
 @click.option("--force", is_flag=True, help="Write the output even when verification fails (exit code stays 1).")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime equivalence check.")
 @click.option("--allow-unverified", is_flag=True,
               help="Write the result even when verification cannot run (onnxruntime cannot run the original).")
-@click.option("--passes", default=None, metavar="NAMES", help="Comma-separated passes to run (default: the whole pipeline).")
+@click.option("--passes", default=None, metavar="NAMES",
+              help=f"Comma-separated passes to run, of: {_pass_names()} (default: all, in that order).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Save weights in <output>.data (default: when the input had external data or the model is over 2 GB).")
 @with_options(output_options)
 @with_options(precision_options)
+@with_options(deploy_options)
 @with_options(verify_options)
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the report as JSON ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
@@ -222,12 +258,16 @@ def main():
 @click.option("--bench", is_flag=True, help="Then time the original and the result side by side (see `onnxrep bench`).")
 @with_options(bench_runtime_options)
 @guarded
-def optimize(model, output, in_place, force, no_verify, allow_unverified, passes, external_data, samples, seed,
+def optimize(model, output_arg, output, in_place, force, no_verify, allow_unverified, passes, external_data, samples, seed,
              noise_factor, rtol, atol, input_shapes, input_data, json_path, quiet, verbose, **pass_options):
-    """Optimize MODEL and write the result (verified with onnxruntime)."""
+    """Optimize MODEL and write the result to OUTPUT (or -o; verified with onnxruntime)."""
     import onnxrep
     from onnxrep import io
 
+    if output_arg and output and not io.same_file(Path(output_arg), output):
+        raise OnnxrepError(f"two outputs: {output_arg} and -o {output}; give one")
+    output = output or output_arg
+    _check_nms_options(pass_options)
     bench_opts = {k: pass_options.pop(k) for k in ("bench", "runtimes", "threads")}  # ours, not optimize()'s
 
     out = Path(output) if output else io.default_output(model)
@@ -277,6 +317,21 @@ def optimize(model, output, in_place, force, no_verify, allow_unverified, passes
     if not result.ok:
         _fail(f"verification failed: {_failure(result.verification)}"
               + ("; written anyway (--force)" if force else "; nothing written"), EXIT_VERIFY_FAILED)
+
+
+def _check_nms_options(options: dict) -> None:
+    """NMS settings without --nms are a mistake, not something to ignore; --names is read here (one line on
+    a bad file, not a traceback from option parsing)."""
+    ctx = click.get_current_context()
+    if not options.get("nms"):
+        given = [f"--{k.replace('_', '-')}" for k in ("conf", "iou", "max_det", "class_agnostic")
+                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise OnnxrepError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --nms ort|trt")
+    if options.get("names") is not None:
+        from onnxrep.deploy.metadata import read_names
+
+        options["names"] = read_names(options["names"])
 
 
 def _failure(v) -> str:

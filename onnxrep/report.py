@@ -74,6 +74,7 @@ class Report:
     verification: dict | None = None
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)         # one line each, about the run as a whole
+    deploy: dict = field(default_factory=dict)         # the deployment adapters applied (onnxrep/deploy)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +117,7 @@ class Report:
             r = self.outputs["removed"]
             lines.append(f"removed by pruning: {_num(r.get('parameters'))} parameters, {_num(r.get('macs'))} MACs, "
                          f"{_num(r.get('nodes'))} nodes ({_num(r.get('conv'))} Conv)")
+        lines.extend(_deploy_lines(self.deploy))
         lines.extend(f"note: {n}" for n in self.notes)
         if self.verification is not None:
             from onnxrep.verify import OutputCheck, Verification
@@ -125,6 +127,30 @@ class Report:
             v["outputs"] = [OutputCheck(**o) for o in v.get("outputs", [])]
             lines.extend(Verification(**v).lines())
         return "\n".join(lines)
+
+
+def _deploy_lines(d: dict) -> list[str]:
+    lines = []
+    if d.get("input"):
+        i = d["input"]
+        how = f"folded into {', '.join(i['folded'])}" if i["folded"] else "spelled out"
+        lines.append(f"deploy input {i['input']}: {i['format']}{', BGR' if i['bgr'] else ', RGB'}; preprocessing {how}"
+                     + (f" ({'; '.join(i['explicit'])}: spelled out there)" if i["folded"] and i["explicit"] else ""))
+    if d.get("nms"):
+        n = d["nms"]
+        lines.append(f"deploy NMS {n['nms']}: conf {n['conf']:g}, iou {n['iou']:g}, max_det {n['max_det']}, "
+                     f"{'class-agnostic' if n['class_agnostic'] else 'per class'} -> num_dets, det_boxes, "
+                     f"det_scores, det_classes")
+    if d.get("output_layout") and d["output_layout"]["layout"] != "anchors-last":
+        o = d["output_layout"]
+        lines.append(f"deploy output layout {o['layout']}: {', '.join(o['outputs'].values())}")
+    if d.get("metadata"):
+        m = d["metadata"]
+        shown = {k: v for k, v in m.items() if k not in ("names", "nms")}
+        if "names" in m:
+            shown["names"] = f"{m['names'].count(':')} classes"
+        lines.append("deploy metadata: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    return lines
 
 
 def _num(v) -> str:

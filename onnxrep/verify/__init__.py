@@ -47,6 +47,7 @@ class Verification:
     noise_measured: bool = True
     noise_error: str = ""
     agreements: dict = field(default_factory=dict)   # output -> detection agreement (float16 results)
+    deploy: list = field(default_factory=list)       # the deployment adapters' checks (onnxrep/deploy)
 
     @property
     def status(self) -> str:
@@ -85,7 +86,12 @@ class Verification:
             out.append(f"verify {name}: not compared (absent from the optimized model)")
         for name, a in self.agreements.items():
             out.append(f"verify {name}: {a['line']}")
+        out.extend(f"verify deploy {c['line']}" for c in self.deploy)
         return out
+
+    def add_deploy(self, checks: list[dict]) -> None:
+        self.deploy = checks
+        self.ok = self.ok and all(c["ok"] for c in checks)
 
 
 def _session(model: onnx.ModelProto | str | os.PathLike, workdir: str):

@@ -138,3 +138,24 @@ def test_float16_conversion_of_real_exports(real_export, model, form):
     if not model.startswith(("v7", "repvgg", "mobileone", "repvit", "repghost")):   # a YOLOv9/GELAN DFL head
         assert result.verification.agreements
         assert any(r.startswith("Softmax") for r in kept)
+
+
+YOLO_CASES = [(m, f) for m, f in CASES if m.startswith(("yolov9", "gelan"))]
+
+
+@pytest.mark.parametrize("model,form", YOLO_CASES)
+def test_deployment_adapters_on_real_exports(real_export, model, form):
+    """Every real YOLOv9/GELAN export (TorchScript's symbolic output dims, dynamo's names) gets its head
+    recognised and each adapter proven: NMS ort against the numpy reference, NMS trt's inputs, the split
+    layout, uint8 NHWC BGR input folded into the first Conv."""
+    ex = real_export(model)
+    for options in (dict(nms="ort"), dict(nms="trt", class_agnostic=True),
+                    dict(output_layout="split", input_format="uint8-nhwc", bgr=True)):
+        result = onnxrep.optimize(ex.path(form), **options)
+        assert result.ok, (options, result.report.text())
+        checks = result.verification.deploy
+        assert checks and all(c["ok"] for c in checks), [c["line"] for c in checks]
+        meta = {p.key: p.value for p in result.model.metadata_props}
+        assert meta["stride"] == "32" and meta["box_format"] == "xywh"
+        if "input_format" in options:
+            assert result.report.deploy["input"]["folded"], result.report.deploy

@@ -1,0 +1,164 @@
+"""The proofs of deploy/__init__.py's stages, each a dict: check, ok, line (for the report)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxrep.deploy.layout import expected as layout_expected
+from onnxrep.deploy.nms import OUTPUTS, TRT_DOMAIN
+from onnxrep.deploy.nms_reference import boxes_xyxy, reference_nms
+from onnxrep.deploy.preprocess import image_input, preprocess_numpy, random_images
+
+
+def _run(model: onnx.ModelProto, feeds: list[dict], outputs: list[str]) -> list[dict]:
+    from onnxrep.verify import _session
+
+    with tempfile.TemporaryDirectory(prefix="onnxrep-deploy-") as work:
+        sess = _session(model, work)
+        return [dict(zip(outputs, sess.run(outputs, feed))) for feed in feeds]
+
+
+def _same(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+def check_input(deployed, feeds: list[dict], *, seed: int, rtol, atol, noise_factor) -> tuple[dict, list[dict]]:
+    """The folded input model against the explicit one (noise tolerance), and the explicit one against the
+    optimized model fed numpy-preprocessed images (bit-exact). Returns the check and the uint8 feeds."""
+    from onnxrep.verify import verify
+
+    opts = deployed.options
+    name = image_input(deployed.base, "--input-format").name
+    shapes = [list(np.shape(f[name])) for f in feeds]
+    dtype = np.float16 if feeds[0][name].dtype == np.float16 else np.float32
+    images = [{name: x} for x in random_images(opts.input_format, seed, shapes, dtype)]
+    outs = [o.name for o in deployed.base.graph.output]
+    base = _run(deployed.base, [{name: preprocess_numpy(f[name], opts.input_format, opts.bgr, dtype)} for f in images], outs)
+    explicit = _run(deployed.stage_in_explicit, images, outs)
+    exact = all(_same(a[o], b[o]) for a, b in zip(base, explicit) for o in outs)
+    v = verify(deployed.stage_in_explicit, deployed.stage_in, feeds=images, rtol=rtol, atol=atol,
+               noise_factor=noise_factor, strict_outputs=True)
+    info = deployed.info.get("input", {})
+    how = (f"folded into {', '.join(info['folded'])}" if info.get("folded") else "spelled out")
+    ok = exact and v.ok
+    line = (f"input {opts.input_format}{' BGR' if opts.bgr else ''} ({how}): "
+            + ("ok" if ok else "FAIL") + f"; preprocessing in the graph = numpy's: {'exact' if exact else 'DIFFERS'}; "
+            + "; ".join(f"{o.name} {o.used:.2f} of tolerance" for o in v.outputs)
+            + (f"; {v.skipped_reason}" if v.skipped_reason else ""))
+    return {"check": "input", "ok": ok, "line": line, "verification": v.to_dict()}, images
+
+
+def _trt_view(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.NodeProto]:
+    """The model without its EfficientNMS_TRT node, the node's inputs as outputs (runs in onnxruntime)."""
+    m = copy.deepcopy(model)
+    node = next(n for n in m.graph.node if n.op_type == "EfficientNMS_TRT")
+    m.graph.node.remove(node)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in node.input)
+    kept = [o for o in m.opset_import if o.domain != TRT_DOMAIN]
+    del m.opset_import[:]
+    m.opset_import.extend(kept)
+    return m, node
+
+
+def _trt_attrs_ok(node: onnx.NodeProto, s) -> list[str]:
+    want = {"background_class": -1, "box_coding": 0, "iou_threshold": np.float32(s.iou), "score_activation": 0,
+            "max_output_boxes": s.max_det, "score_threshold": np.float32(s.conf), "plugin_version": b"1",
+            "class_agnostic": int(s.class_agnostic)}
+    have = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    bad = [f"{k}={have.get(k)!r} (want {v!r})" for k, v in want.items()
+           if k not in have or (np.float32(have[k]) != v if isinstance(v, np.float32) else have[k] != v)]
+    if node.domain != TRT_DOMAIN or list(node.output) != list(OUTPUTS):
+        bad.append(f"domain {node.domain!r}, outputs {list(node.output)}")
+    return bad
+
+
+def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, feeds: list[dict]) -> tuple[bool, list, list, list]:
+    """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`."""
+    opts, head = deployed.options, deployed.head
+    prev = _run(before, feeds, [source])
+    if opts.nms == "trt":
+        view, node = _trt_view(final)
+        view.graph.output.append(helper.make_empty_tensor_value_info(head.output))
+        bad = _trt_attrs_ok(node, settings)
+        got = _run(view, feeds, [head.output] + list(node.input))
+    else:
+        view = copy.deepcopy(final)
+        names = [o.name for o in view.graph.output]
+        if head.output not in names:
+            view.graph.output.append(helper.make_empty_tensor_value_info(head.output))
+            names.append(head.output)
+        bad, got = [], _run(view, feeds, names)
+    exact_head = all(_same(p[source], g[head.output]) for p, g in zip(prev, got))
+    wrong = []
+    for k, g in enumerate(got):
+        y = np.asarray(g[head.output])
+        if opts.nms == "ort":
+            want = reference_nms(y.astype(np.float32), head.box_coding, settings.conf, settings.iou, settings.max_det,
+                                 settings.class_agnostic)
+        elif opts.nms == "trt":
+            y32 = y.astype(np.float32)
+            scores = y32[:, 4:]
+            best = scores.argmax(1)[:, None]
+            masked = np.where(np.arange(head.nc)[None, :, None] == best, scores, np.float32(0)).astype(np.float32)
+            want = {node.input[0]: np.stack([boxes_xyxy(im, head.box_coding) for im in y32]),
+                    node.input[1]: masked.transpose(0, 2, 1)}
+        else:
+            want = {deployed.outputs[role]: v for role, v in layout_expected(y, opts.output_layout).items()
+                    if role in deployed.outputs}
+        wrong += [f"sample {k} {name}" for name, v in want.items() if not _same(v, g[name])]
+    return exact_head, wrong, bad, got
+
+
+MIN_DETECTIONS = 20   # fewer at the user's conf (a random-weight model): the NMS is also checked at a lower one
+
+
+def _probe_conf(got: list[dict], head) -> float:
+    """The score of the 300th best anchor: a conf at which this model's NMS has work to do."""
+    best = np.sort(np.concatenate([np.asarray(g[head.output], np.float32)[:, 4:].max(1).ravel() for g in got]))[::-1]
+    return float(best[min(299, best.size - 1)]) * 0.999
+
+
+def check_outputs(deployed, feeds: list[dict]) -> dict:
+    """The final model's new outputs against numpy applied to its own head tensor, which must equal the
+    previous stage's output bit for bit. An ORT NMS that finds fewer than MIN_DETECTIONS at the user's conf
+    is checked again, built at a conf where it finds some (the same graph but for one constant)."""
+    from onnxrep.deploy.nms import add_nms
+
+    opts, head = deployed.options, deployed.head
+    before = deployed.stage_in or deployed.base
+    source = before.graph.output[head.index].name
+    exact_head, wrong, bad, got = _compare(deployed.model, deployed, opts.nms_settings, before, source, feeds)
+    probe = ""
+    if opts.nms == "ort":
+        found = sum(int(np.asarray(g["num_dets"]).sum()) for g in got)
+        probe = f" ({found} detections)"
+        if found < MIN_DETECTIONS:
+            settings = dataclasses.replace(opts.nms_settings, conf=_probe_conf(got, head))
+            model = copy.deepcopy(before)
+            add_nms(model, copy.copy(deployed.head).with_output(source), settings)
+            ok2, wrong2, _, got2 = _compare(model, deployed, settings, before, source, feeds)
+            exact_head, wrong = exact_head and ok2, wrong + [f"{w} at conf {settings.conf:.3g}" for w in wrong2]
+            probe += (f"; at conf {settings.conf:.3g} too ({sum(int(np.asarray(g['num_dets']).sum()) for g in got2)} "
+                      f"detections: this model's scores are all small)")
+    ok = exact_head and not wrong and not bad
+    what = (f"NMS {opts.nms} (conf {opts.conf:g}, iou {opts.iou:g}, max_det {opts.max_det}"
+            f"{', class-agnostic' if opts.class_agnostic else ''})" if opts.nms
+            else f"output layout {opts.output_layout}")
+    against = ("the reference NMS's inputs (the plugin itself runs only in TensorRT)" if opts.nms == "trt"
+               else "numpy's reference NMS" if opts.nms else "numpy's transpose/split")
+    line = f"{what}: {'ok' if ok else 'FAIL'}, equal to {against} on {len(feeds)} samples{probe}"
+    if not exact_head:
+        line += "; the head's tensor differs from the model before the adapter"
+    if wrong:
+        line += "; differs: " + ", ".join(wrong[:4])
+    if bad:
+        line += "; plugin attributes: " + ", ".join(bad)
+    return {"check": "outputs", "ok": ok, "line": line}
