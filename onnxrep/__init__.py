@@ -96,7 +96,8 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
              nms: str | None = None, conf: float = 0.25, iou: float = 0.45, max_det: int = 100,
              class_agnostic: bool = False, output_layout: str = "anchors-last", input_format: str = "float",
              bgr: bool = False, names: list[str] | None = None, metadata: bool = False,
-             on_step=None) -> Result:
+             dynamic_batch: bool = False, static_batch: int | None = None,
+             overwrite_input_shapes: dict | None = None, on_step=None) -> Result:
     """Optimize a model (ModelProto or path) and, unless verify=False, prove it equal in onnxruntime.
 
     passes: names of passes to run (default: the whole DEFAULT_PIPELINE), in pipeline order.
@@ -110,6 +111,9 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
     det_classes); output_layout "anchors-last" | "anchors-first" | "split"; input_format "float" |
     "uint8-nchw" | "uint8-nhwc" and bgr (preprocessing folded into the first Conv); names (class names)
     and metadata (write the metadata_props even without another adapter).
+    Batch (onnxrep/deploy/batch.py): dynamic_batch makes a static batch symbolic after the passes (proven
+    at batch 1, 2 and 5); static_batch N, or overwrite_input_shapes {input: dims}, fixes symbolic input dims
+    before the passes, which then fold the shape arithmetic that computed them.
     on_step: optional callback(str) told about each step (the CLI's progress line).
     """
     if precision not in ("fp32", "fp16"):
@@ -122,6 +126,10 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
                            output_layout=output_layout, input_format=input_format, bgr=bgr,
                            names=None if names is None else list(names), metadata=metadata)
     deploy.validate()
+    if dynamic_batch and (static_batch is not None or overwrite_input_shapes):
+        raise OnnxrepError("--dynamic-batch and --static-batch / --overwrite-input-shape contradict each other")
+    if static_batch is not None and static_batch < 1:
+        raise OnnxrepError(f"--static-batch {static_batch}: must be at least 1")
     step = on_step or (lambda _msg: None)
     seconds = {}
     t0 = time.perf_counter()
@@ -129,6 +137,17 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
     original, info, label = _io.load_any(model_or_path)
     file_bytes = info.file_bytes if info else None
     seconds["load"] = time.perf_counter() - t0
+    source = original
+    if static_batch is not None or overwrite_input_shapes:
+        from onnxrep.deploy.batch import fix_input_shapes, static_batch_shapes
+
+        source = onnx.ModelProto()
+        source.CopyFrom(original)
+        fixed = dict(overwrite_input_shapes or {})
+        if static_batch is not None:
+            fixed.update({k: v for k, v in static_batch_shapes(source, static_batch).items() if k not in fixed})
+        fix_input_shapes(source, fixed, "--overwrite-input-shape" if overwrite_input_shapes else "--static-batch")
+        input_shapes = {**(input_shapes or {}), **fixed}
 
     try:
         pipeline = select(list(passes) if passes is not None else None)
@@ -139,9 +158,19 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
                   rename_outputs=rename_outputs)
 
     t0 = time.perf_counter()
-    graph = import_model(original)
+    graph = import_model(source)
     results = run_pipeline(graph, ctx, pipeline, on_pass=lambda name: step(f"pass {name}"))
-    optimized = from_graph(graph, original)
+    optimized = from_graph(graph, source)
+    if source is not original:
+        from onnxrep.deploy.batch import refine_output_shapes
+
+        refine_output_shapes(optimized)
+    batch_info = None
+    if dynamic_batch:
+        from onnxrep.deploy.batch import make_dynamic_batch
+
+        step("dynamic batch")
+        optimized, batch_info = make_dynamic_batch(optimized)
     seconds["optimize"] = time.perf_counter() - t0
     if precision == "fp16":
         step("pass to_float16")
@@ -170,6 +199,12 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
                                dropped=outputs.get("dropped", ()), strict_outputs=True, precision=precision,
                                detections={"min_agreement": min_agreement})
         seconds["verify"] = time.perf_counter() - t0
+        if dynamic_batch and verification.ran:
+            from onnxrep.deploy.batch import check_batches
+
+            step("checking batches 1, 2, 5")
+            verification.add_deploy([check_batches(optimized, input_data or make_inputs(original, 1, seed, input_shapes),
+                                                   seed=seed, noise_factor=noise_factor)])
 
     deployed = None
     if deploy.active():
@@ -197,7 +232,8 @@ def optimize(model_or_path, *, passes=None, verify: bool = True, samples: int = 
         verification=verification.to_dict() if verification else None,
         seconds={k: round(v, 3) for k, v in seconds.items()},
         notes=_pipeline_notes(ctx),
-        deploy=deployed.info if deployed else {},
+        deploy={**(deployed.info if deployed else {}), **({"batch": batch_info} if batch_info else {}),
+                **({"input_shapes": input_shapes} if source is not original else {})},
     )
     return Result(model=optimized, report=report, verification=verification, source=info,
                   allow_unverified=allow_unverified)

@@ -217,6 +217,13 @@ deploy_options = [
     click.option("--names", default=None, metavar="FILE",
                  help="Class names for the metadata: JSON list or {index: name}, a YOLO dataset yaml's names, or one "
                       "name per line (default: class0, class1, ...)."),
+    click.option("--dynamic-batch", is_flag=True,
+                 help="Make a static batch symbolic: shape constants that bake it in read it at run time (checked at "
+                      "batch 1, 2 and 5)."),
+    click.option("--static-batch", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Fix a symbolic batch to N before the passes (which then fold the shape arithmetic)."),
+    click.option("--overwrite-input-shape", "overwrite_input_shapes", multiple=True, metavar="NAME:DIMS",
+                 help="Fix an input's shape in the model itself, e.g. images:1,3,640,640 (repeatable; as onnxsim)."),
     click.option("--metadata", is_flag=True, help="Write the deployment metadata (stride, names, imgsz...) even "
                                                   "without another deployment option."),
 ]
@@ -328,6 +335,12 @@ def _check_nms_options(options: dict) -> None:
                  if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise OnnxrepError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --nms ort|trt")
+    if options.get("overwrite_input_shapes"):
+        from onnxrep.verify import parse_shapes
+
+        options["overwrite_input_shapes"] = parse_shapes(options["overwrite_input_shapes"], "--overwrite-input-shape")
+    else:
+        options["overwrite_input_shapes"] = None
     if options.get("names") is not None:
         from onnxrep.deploy.metadata import read_names
 

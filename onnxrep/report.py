@@ -131,6 +131,14 @@ class Report:
 
 def _deploy_lines(d: dict) -> list[str]:
     lines = []
+    if d.get("input_shapes"):
+        lines.append("input shapes fixed before the passes: "
+                     + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in d["input_shapes"].items()))
+    if d.get("batch"):
+        b = d["batch"]
+        lines.append(f"deploy batch: dynamic (exported at {b['from']}); {len(b['rewritten'])} shape constants read "
+                     f"the batch at run time" + (f": {', '.join(b['rewritten'][:4])}{', ...' if len(b['rewritten']) > 4 else ''}"
+                                                 if b["rewritten"] else ""))
     if d.get("input"):
         i = d["input"]
         how = f"folded into {', '.join(i['folded'])}" if i["folded"] else "spelled out"

@@ -90,7 +90,7 @@ class Verification:
         return out
 
     def add_deploy(self, checks: list[dict]) -> None:
-        self.deploy = checks
+        self.deploy = self.deploy + checks
         self.ok = self.ok and all(c["ok"] for c in checks)
 
 

@@ -27,7 +27,7 @@ from onnxrep.io import OnnxrepError
 BATCHES = (2, 1)   # symbolic batch per sample, cycled
 
 
-def parse_shapes(specs) -> dict[str, list[int]]:
+def parse_shapes(specs, option: str = "--input-shape") -> dict[str, list[int]]:
     """--input-shape images=1x3x640x640, images=1,3,640,640 or images:1,3,640,640 -> {name: dims}."""
     shapes = {}
     for spec in specs or ():
@@ -38,7 +38,7 @@ def parse_shapes(specs) -> dict[str, list[int]]:
         except ValueError:
             values = []
         if not found or not name or not values or any(v <= 0 for v in values):
-            raise OnnxrepError(f"--input-shape {spec!r}: expected NAME=DIMxDIM... or NAME:DIM,DIM..., "
+            raise OnnxrepError(f"{option} {spec!r}: expected NAME=DIMxDIM... or NAME:DIM,DIM..., "
                                f"e.g. images=1x3x640x640")
         shapes[name] = values
     return shapes

@@ -1,0 +1,220 @@
+"""The batch dimension: a static export made dynamic, a dynamic one fixed, any input shape fixed.
+
+make_dynamic_batch (``--dynamic-batch``): a model exported at batch B bakes B into constants: Reshape
+targets ``[1, 144, -1]``, Expand shapes, Resize sizes. The image input's batch becomes the symbolic
+``batch``, and each such constant whose first entry is B and which shapes a tensor computed from the inputs
+becomes ``Concat(Shape(input)[0:1], rest)``: the batch read at run time, the rest unchanged. Where the
+batch sits anywhere else (a Split or Tile along axis 0, a Reshape folding the batch into another axis), it
+is a clear error, not a guess. check_batches proves the result: batch 1, 2 and 5, each sample equal to its
+own batch-1 result within the network's measured float noise (the runtime's kernels round differently at
+different batch sizes, so bit-equality is not what "runs at any batch" can mean).
+
+fix_input_shapes (``--static-batch N``, ``--overwrite-input-shape``): symbolic input dims become the given
+numbers *before* the passes, so canonicalize folds the Shape chains that computed them (a dynamic-batch
+TorchScript export's Shape -> Gather -> Concat -> Reshape) into constants, as onnxsim's
+--overwrite-input-shape does; verification then feeds that shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxrep.io import OnnxrepError
+
+BATCH = "batch"
+SHAPED_BY = {"Reshape": 1, "Expand": 1, "Resize": 3}   # op -> the input holding a full output shape
+CHECK_BATCHES = (1, 2, 5)
+
+
+def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], option: str) -> None:
+    """Set the named inputs' dims (in place). A static dim may only be given its own value."""
+    inputs = {vi.name: vi for vi in _data_inputs(model)}
+    named = {}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise OnnxrepError(f"{option}: no input named {name!r} (inputs: {', '.join(inputs)})")
+        have = inputs[name].type.tensor_type.shape.dim
+        if len(have) != len(dims):
+            raise OnnxrepError(f"{option}: {name} has rank {len(have)}, {len(dims)} dims given")
+        for d, want in zip(have, dims):
+            if want < 1 or (d.HasField("dim_value") and d.dim_value != want):
+                raise OnnxrepError(f"{option}: {name} dim {d.dim_value or d.dim_param!r} cannot become {want}")
+        for d, want in zip(have, dims):
+            if d.dim_param:
+                named[d.dim_param] = int(want)
+            d.Clear()
+            d.dim_value = int(want)
+    # the same symbolic name elsewhere (the outputs' "batch") is the same number now
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in named:
+                value = named[d.dim_param]
+                d.Clear()
+                d.dim_value = value
+
+
+def static_batch_shapes(model: onnx.ModelProto, n: int) -> dict[str, list[int]]:
+    """--static-batch N: every data input's first dim is N, the others as they are (they must be static)."""
+    out = {}
+    for vi in _data_inputs(model):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if not dims or any(d is None for d in dims[1:]):
+            raise OnnxrepError(f"--static-batch: input {vi.name} has symbolic dims besides the batch "
+                               f"(fix them with --overwrite-input-shape)")
+        out[vi.name] = [n] + dims[1:]
+    return out
+
+
+def refine_output_shapes(model: onnx.ModelProto, batch: str | None = None) -> None:
+    """Graph outputs get the shapes inference finds (weights left out of the view); `batch`: a symbolic first
+    dim is named so."""
+    from onnxrep.io import structure_view
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(structure_view(model), data_prop=True)
+    except Exception:  # noqa: BLE001 -- the declared shapes stay
+        return
+    for vi, got in zip(model.graph.output, inferred.graph.output):
+        if got.type.tensor_type.HasField("shape"):
+            vi.type.CopyFrom(got.type)
+        dims = vi.type.tensor_type.shape.dim
+        if batch and dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = batch
+
+
+def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """A copy of `model` whose inputs take any batch (see the module docstring); and what was rewritten."""
+    from onnxrep.export import from_graph
+    from onnxrep.ir.constants import at_opset, const_value
+    from onnxrep.ir.graph import Namer, import_model, model_opset
+    from onnxrep.ir.shapes import infer_types
+
+    inputs = _data_inputs(model)
+    firsts = {vi.type.tensor_type.shape.dim[0].dim_value if vi.type.tensor_type.shape.dim and
+              vi.type.tensor_type.shape.dim[0].HasField("dim_value") else None for vi in inputs}
+    if not inputs or None in firsts or len(firsts) != 1:
+        raise OnnxrepError("--dynamic-batch: every input needs the same static batch (first dim); the model's "
+                           "inputs: " + ", ".join(f"{vi.name} {[d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]}"
+                                                  for vi in inputs))
+    b0 = firsts.pop()
+    graph = import_model(model)
+    types = infer_types(graph)
+    namer = Namer(graph)
+    first_input = graph.inputs[0]
+    shape = gs.Variable(namer("onnxrep_batch/shape"), dtype=np.int64, shape=[len(first_input.shape)])
+    batch = gs.Variable(namer("onnxrep_batch/batch"), dtype=np.int64, shape=[1])
+    new_nodes = [gs.Node("Shape", namer("onnxrep_batch/Shape"), inputs=[first_input], outputs=[shape]),
+                 gs.Node("Slice", namer("onnxrep_batch/Slice"), inputs=[
+                     shape, gs.Constant(namer("onnxrep_batch/zero"), np.array([0], np.int64)),
+                     gs.Constant(namer("onnxrep_batch/one"), np.array([1], np.int64))], outputs=[batch])]
+    rewritten, refused = [], []
+    with at_opset(model_opset(graph)):
+        for node in graph.nodes:
+            _refuse_batch_axis_ops(node, b0, refused, types)
+            k = SHAPED_BY.get(node.op)
+            if k is None or len(node.inputs) <= k or not node.inputs[k].name:
+                continue
+            target = const_value(node.inputs[k])
+            if target is None or target.ndim != 1 or target.size == 0 or int(target[0]) != b0:
+                continue
+            if const_value(node.inputs[0]) is not None:
+                continue   # shapes a constant, not an activation
+            rest = gs.Constant(namer(f"{node.name}/rest"), np.asarray(target[1:], np.int64))
+            full = gs.Variable(namer(f"{node.name}/shape_dynamic"), dtype=np.int64, shape=[target.size])
+            new_nodes.append(gs.Node("Concat", namer(f"{node.name}/batch_shape"), attrs={"axis": 0},
+                                     inputs=[batch, rest], outputs=[full]))
+            node.inputs[k] = full
+            rewritten.append(f"{node.op} {node.name}")
+    if refused:
+        raise OnnxrepError("--dynamic-batch: the batch is baked where it cannot be read at run time: "
+                           + "; ".join(refused))
+    graph.nodes.extend(new_nodes)
+    for vi in graph.inputs:
+        vi.shape = [BATCH] + list(vi.shape[1:])
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = from_graph(graph, model)
+    del out.graph.value_info[:]          # shapes that still say b0
+    declared = [onnx.TypeProto.FromString(vi.type.SerializeToString()) for vi in out.graph.output]
+    for vi in out.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    refine_output_shapes(out, BATCH)
+    for vi, old in zip(out.graph.output, declared):
+        if not vi.type.tensor_type.HasField("shape") and old.tensor_type.HasField("shape"):
+            vi.type.CopyFrom(old)        # inference could not tell: the declared shape, its batch renamed
+            dims = vi.type.tensor_type.shape.dim
+            if dims and dims[0].dim_value == b0:
+                dims[0].Clear()
+                dims[0].dim_param = BATCH
+    return out, {"from": b0, "rewritten": rewritten}
+
+
+def _refuse_batch_axis_ops(node: gs.Node, b0: int, refused: list, types) -> None:
+    """Ops whose constants would cut, repeat or fold the batch axis. Only a batch > 1 shows there: at batch
+    1, a 1 that means the batch and a 1 that does not look alike (check_batches then tells)."""
+    from onnxrep.ir.constants import const_value
+
+    if b0 <= 1:
+        return
+    if node.op == "Reshape" and const_value(node.inputs[0]) is None:
+        target = const_value(node.inputs[1])
+        dims = types.dims(node.inputs[0])
+        if target is not None and target.size and dims and dims[0] == b0 and int(target[0]) not in (b0, 0):
+            refused.append(f"Reshape {node.name!r} folds the batch into another axis")
+    axis = node.attrs.get("axis", 0)
+    if node.op == "Split" and axis == 0:
+        refused.append(f"Split {node.name!r} along the batch axis")
+    if node.op == "Tile" and len(node.inputs) > 1:
+        reps = const_value(node.inputs[1])
+        if reps is not None and reps.size and int(reps[0]) != 1:
+            refused.append(f"Tile {node.name!r} repeats the batch axis")
+
+
+def check_batches(model: onnx.ModelProto, feeds: list[dict], *, seed: int = 0, noise_factor=None) -> dict:
+    """Run `model` at batch 1, 2 and 5 (five images from the verification inputs' generator) and compare each
+    sample with its batch-1 result, at the network's measured noise (verify/tolerance.py)."""
+    from onnxrep.verify import _level, _short, reference
+    from onnxrep.verify.inputs import make_inputs
+    from onnxrep.verify.tolerance import compare
+
+    singles = []
+    for i in range(max(CHECK_BATCHES)):
+        shapes = {k: [1] + list(np.shape(v)[1:]) for k, v in feeds[0].items()}
+        singles.append(make_inputs(model, 1, seed + 101 + i, shapes)[0])
+    ref = reference(model, feeds=singles)
+    if not ref.ran:
+        return {"check": "batch", "ok": False, "line": f"dynamic batch: FAIL, {ref.skipped_reason}"}
+    from onnxrep.deploy.checks import _run
+
+    worst, problems = 0.0, []
+    for n in CHECK_BATCHES[1:]:
+        stacked = {k: np.concatenate([s[k] for s in singles[:n]]) for k in singles[0]}
+        try:
+            got = _run(model, [stacked], ref.outputs)[0]
+        except Exception as exc:  # noqa: BLE001 -- a model that cannot run at batch n fails the check
+            problems.append(f"batch {n} does not run ({_short(exc)})")
+            continue
+        for name in ref.outputs:
+            value = np.asarray(got[name])
+            if value.shape[:1] != (n,):
+                problems.append(f"batch {n}: output {name} has shape {list(value.shape)}")
+                continue
+            level = _level(name, ref.clean[:n], ref.noisy[:n], ref.noise_measured)
+            for i in range(n):
+                c = compare(name, np.asarray(ref.clean[i][name]), value[i:i + 1], level,
+                            factor=noise_factor)
+                worst = max(worst, c.used)
+                if not c.ok:
+                    problems.append(f"batch {n} sample {i} {name}: {c.message}")
+    ok = not problems
+    line = (f"dynamic batch: {'ok' if ok else 'FAIL'}, batches {', '.join(map(str, CHECK_BATCHES))} each sample "
+            f"equal to its batch-1 result ({worst:.2f} of tolerance)")
+    if problems:
+        line += "; " + "; ".join(problems[:3])
+    return {"check": "batch", "ok": ok, "line": line}

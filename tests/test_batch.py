@@ -1,0 +1,217 @@
+"""--dynamic-batch, --static-batch, --overwrite-input-shape (onnxrep/deploy/batch.py).
+
+Positive: the official (fused, static batch 1) export of the builder's models runs at batch 1, 2 and 5,
+each sample equal to its batch-1 result; a dynamic TorchScript export fixed to a batch loses its Shape
+chains. Negative: the batch folded into another axis, split or tiled along, inputs that disagree, a
+symbolic batch, bad shapes. The check itself by mutation: a model that mixes samples, a constant batch
+left behind.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import models
+import onnxrep
+from onnxrep.cli import main
+from onnxrep.deploy.batch import check_batches, fix_input_shapes, make_dynamic_batch
+from onnxrep.export import from_graph
+from onnxrep.ir.graph import import_model
+from onnxrep.io import OnnxrepError
+from onnxrep.verify.inputs import make_inputs
+
+
+def _session(model):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _conv_reshape(b0: int, c: int = 4, hw: int = 6, target=None, extra=(), opset: int = 17) -> onnx.ModelProto:
+    """x [b0, 3, hw, hw] -> Conv -> Reshape(target, default [b0, c, -1]) -> (extra nodes) -> y."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(c, 3, 3, 3)).astype(np.float32), "w")
+    t = numpy_helper.from_array(np.asarray(target if target is not None else [b0, c, -1], np.int64), "t")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "t"], ["r"])]
+    last = "r"
+    inits = [w, t]
+    for k, (op, const, attrs) in enumerate(extra):
+        inits.append(numpy_helper.from_array(np.asarray(const), f"k{k}"))
+        nodes.append(helper.make_node(op, [last, f"k{k}"], [f"e{k}"], **attrs))
+        last = f"e{k}"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b0, 3, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [b0, c, hw * hw] if target is None
+                                                         and all(e[0] == "Expand" for e in extra) else None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _feeds(model):
+    return make_inputs(model, 1, 0)
+
+
+# ------------------------------------------------------------------------------------------- positive
+
+
+@st.composite
+def _cases(draw):
+    b0 = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 5))
+    hw = draw(st.integers(2, 7))
+    expand = draw(st.booleans())
+    extra = [("Expand", np.array([b0, c, hw * hw], np.int64), {})] if expand else []
+    return b0, c, hw, extra, draw(st.sampled_from([13, 17, 18]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_cases())
+def test_dynamic_batch_on_small_graphs(case):
+    b0, c, hw, extra, opset = case
+    m = _conv_reshape(b0, c, hw, extra=extra, opset=opset)
+    dyn, info = make_dynamic_batch(m)
+    onnx.checker.check_model(dyn, full_check=True)
+    assert dyn.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert len(info["rewritten"]) == 1 + len(extra)
+    result = check_batches(dyn, _feeds(m))
+    assert result["ok"], result["line"]
+
+
+@pytest.mark.parametrize("name", ["yolov9-t", "gelan-t"])
+def test_official_exports_become_dynamic(name):
+    m = models.build(name, exporter="official", imgsz=160)
+    r = onnxrep.optimize(m, dynamic_batch=True)
+    assert r.ok, r.report.text()
+    [c] = r.verification.deploy
+    assert c["check"] == "batch" and c["ok"] and "1, 2, 5" in c["line"]
+    assert [d.dim_param or d.dim_value for d in r.model.graph.output[0].type.tensor_type.shape.dim] == ["batch", 84, 525]
+    x = np.random.default_rng(0).random((3, 3, 160, 160), dtype=np.float32)
+    assert _session(r.model).run(None, {"images": x})[0].shape == (3, 84, 525)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", models.NAMES)
+def test_every_builder_model_official_export_becomes_dynamic(name):
+    r = onnxrep.optimize(models.build(name, exporter="official", imgsz=160), dynamic_batch=True, nms="ort")
+    assert r.ok, r.report.text()
+    assert all(c["ok"] for c in r.verification.deploy)
+
+
+def test_static_batch_folds_the_shape_chains_of_a_dynamic_export():
+    m = models.build("yolov9-t", exporter="torchscript", imgsz=160, batch="batch")
+    assert any(n.op_type == "Shape" for n in m.graph.node)
+    r = onnxrep.optimize(m, static_batch=2)
+    assert r.ok, r.report.text()
+    assert not any(n.op_type in ("Shape", "Gather", "Unsqueeze") for n in r.model.graph.node)
+    dims = [[d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in (r.model.graph.input[0], r.model.graph.output[0])]
+    assert dims == [[2, 3, 160, 160], [2, 84, 525]]
+    assert r.verification.shapes[0]["images"] == [2, 3, 160, 160]
+    assert "input shapes fixed before the passes: images 2x3x160x160" in r.report.text()
+
+
+# ------------------------------------------------------------------------------------------- negative
+
+
+def test_a_batch_folded_into_another_axis_is_refused():
+    """b0 = 2: Conv -> Reshape [8, -1] (batch and channels merged) -> Reshape [2, 4, -1]."""
+    m = _conv_reshape(2, target=[8, -1], extra=[("Reshape", np.array([2, 4, -1], np.int64), {})])
+    with pytest.raises(OnnxrepError, match="folds the batch into another axis"):
+        make_dynamic_batch(m)
+
+
+@pytest.mark.parametrize("op,const,attrs,message", [
+    ("Split", np.array([1, 1], np.int64), {"axis": 0}, "Split .* along the batch axis"),
+    ("Tile", np.array([2, 1, 1], np.int64), {}, "Tile .* repeats the batch axis"),
+])
+def test_split_or_tile_along_the_batch_is_refused(op, const, attrs, message):
+    m = _conv_reshape(2, extra=[(op, const, attrs)])
+    if op == "Split":   # Split has two outputs: keep the first
+        node = m.graph.node[2]
+        node.output.append("e0_second")
+    with pytest.raises(OnnxrepError, match=message):
+        make_dynamic_batch(m)
+
+
+def test_inputs_must_share_one_static_batch():
+    m = _conv_reshape(1)
+    m.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    with pytest.raises(OnnxrepError, match="the same static batch"):
+        make_dynamic_batch(m)
+
+
+@pytest.mark.parametrize("shapes,message", [
+    ({"nope": [1, 3, 6, 6]}, "no input named 'nope'"),
+    ({"x": [1, 3, 6]}, "rank 4, 3 dims given"),
+    ({"x": [1, 3, 6, 7]}, "dim 6 cannot become 7"),
+])
+def test_fix_input_shapes_errors(shapes, message):
+    with pytest.raises(OnnxrepError, match=message):
+        fix_input_shapes(_conv_reshape(1), shapes, "--overwrite-input-shape")
+
+
+def test_static_batch_needs_the_other_dims_static():
+    m = _conv_reshape(1)
+    m.graph.input[0].type.tensor_type.shape.dim[2].Clear()
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    with pytest.raises(OnnxrepError, match="symbolic dims besides the batch"):
+        onnxrep.optimize(m, static_batch=2, verify=False)
+
+
+# ------------------------------------------------------------------------------- the check, mutated
+
+
+def test_the_batch_check_catches_a_model_that_mixes_samples():
+    """Subtracting the batch mean: runs at any batch, but a sample's result depends on the others."""
+    m = _conv_reshape(1)
+    dyn, _ = make_dynamic_batch(m)
+    g = dyn.graph
+    mean = helper.make_node("ReduceMean", ["r_mixed_in"], ["mixed_mean"], axes=[0], keepdims=1)
+    ident = next(n for n in g.node if n.op_type == "Identity")
+    src = ident.input[0]
+    ident.input[0] = "mixed"
+    g.node.extend([helper.make_node("Identity", [src], ["r_mixed_in"]), mean,
+                   helper.make_node("Sub", ["r_mixed_in", "mixed_mean"], ["mixed"])])
+    graph = import_model(dyn)
+    graph.toposort()
+    dyn = from_graph(graph, dyn)
+    result = check_batches(dyn, _feeds(m))
+    assert not result["ok"] and "sample" in result["line"], result["line"]
+
+
+def test_the_batch_check_catches_a_batch_left_behind():
+    dyn, _ = make_dynamic_batch(_conv_reshape(1))
+    concat = next(n for n in dyn.graph.node if n.op_type == "Concat")
+    dyn.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "still_one"))
+    concat.input[0] = "still_one"
+    result = check_batches(dyn, _feeds(_conv_reshape(1)))
+    assert not result["ok"] and "output y has shape [1, 4, 72]" in result["line"], result["line"]
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_batch_options(tmp_path):
+    src = tmp_path / "off.onnx"
+    models.save(models.build("gelan-t", exporter="official", imgsz=160), src)
+    out = tmp_path / "dyn.onnx"
+    r = CliRunner().invoke(main, ["optimize", str(src), str(out), "--dynamic-batch"])
+    assert r.exit_code == 0, r.output
+    assert "verify deploy dynamic batch: ok" in r.output and "deploy batch: dynamic (exported at 1)" in r.output
+    r = CliRunner().invoke(main, ["optimize", str(out), str(tmp_path / "s.onnx"), "--overwrite-input-shape",
+                                  "images:3,3,160,160"])
+    assert r.exit_code == 0, r.output
+    assert onnx.load(str(tmp_path / "s.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+    for args, message in ((["--dynamic-batch", "--static-batch", "2"], "contradict"),
+                          (["--overwrite-input-shape", "images:3x3"], "rank 4, 2 dims given"),
+                          (["--overwrite-input-shape", "images"], "--overwrite-input-shape 'images': expected")):
+        r = CliRunner().invoke(main, ["optimize", str(out), str(tmp_path / "bad.onnx"), *args])
+        assert r.exit_code == 2 and message in r.output, r.output
+        assert not (tmp_path / "bad.onnx").exists()
