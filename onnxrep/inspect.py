@@ -35,6 +35,7 @@ class Inspection:
     stats: Stats = field(default_factory=Stats)
     aux: dict = field(default_factory=dict)          # prune_outputs' answer: kept, dropped, note, removed
     passes: dict = field(default_factory=dict)       # name -> {"count": n, "declined": [...]}
+    detection: dict = field(default_factory=dict)    # deploy/head.py on the dry run's result: heads, reasons
     seconds: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -74,6 +75,13 @@ class Inspection:
                          f"({removed['conv']:,} Conv)")
         if aux.get("renamed"):
             lines.append(f"  renames {', '.join(f'{a} -> {b}' for a, b in aux['renamed'].items())}")
+        for h in self.detection.get("heads", []):
+            lines.append(f"detection head: {h['output']} ({h['nc']} classes, {h['box_coding']} boxes, strides "
+                         f"{'/'.join(map(str, h['strides'])) or '?'}, {h['anchors']} anchors): --nms and "
+                         f"--output-layout apply")
+        if not self.detection.get("heads"):
+            why = "; ".join(f"{k}: {v}" for k, v in self.detection.get("reasons", {}).items())
+            lines.append(f"detection head: none recognised, --nms and --output-layout do not apply ({why})")
         lines.append("")
         lines.append("passes (a dry run of `onnxrep optimize`, in pipeline order):")
         width = max((len(n) for n in self.passes), default=0)
@@ -130,6 +138,11 @@ def inspect(model_or_path, *, aux: str = "auto", keep_outputs=(), drop_outputs=(
     for r in results.values():
         result.aux.update({k: r.info[k] for k in _OUTPUT_KEYS if k in r.info})
     seconds["dry_run"] = time.perf_counter() - t0
+    from onnxrep.deploy.head import find_heads
+    from onnxrep.export import from_graph
+
+    heads, reasons = find_heads(from_graph(graph, model))
+    result.detection = {"heads": [asdict(h) for h in heads], "reasons": reasons}
     result.seconds = {k: round(v, 3) for k, v in seconds.items()}
     return result
 

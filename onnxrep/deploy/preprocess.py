@@ -7,7 +7,8 @@ happens in the graph, and where it can, inside the first Conv: a Conv reading th
 kernel ``W'[:, c] = W[:, flip(c)] / 255`` (a new initializer; the old one may be shared), so at run time only
 a Cast (and a Transpose for NHWC) is added. Exact up to float rounding (x/255 times W vs x times W/255),
 which verification measures like any fold. A reader of the image that is not such a Conv (a Shape, a
-grouped Conv, a float16 Cast) gets the preprocessing spelled out: Div by 255, Gather of the channels.
+grouped Conv, a float16 Cast) gets the preprocessing spelled out: Div by 255, Gather of the channels; a
+Shape (--dynamic-batch reads the batch so) reads the raw NCHW tensor, which has the same shape.
 
 ``explicit=True`` spells it out for every reader: the reference the folded model is verified against
 (bit-exact to the numpy preprocessing above).
@@ -24,6 +25,7 @@ from onnxrep.io import OnnxrepError
 
 FORMATS = ("float", "uint8-nchw", "uint8-nhwc")
 FLIP = [2, 1, 0]
+SHAPE_ONLY = {"Shape", "Size"}   # readers of the image's shape only: they read the raw NCHW tensor
 
 
 def image_input(model: onnx.ModelProto, option: str) -> onnx.ValueInfoProto:
@@ -75,6 +77,9 @@ def add_input_format(model: onnx.ModelProto, fmt: str, bgr: bool, explicit: bool
     readers = [n for n in model.graph.node if name in n.input]
     rest, folded, reasons = [], [], []
     for node in readers:
+        if node.op_type in SHAPE_ONLY and node.domain in ("", "ai.onnx"):
+            node.input[:] = [raw if t == name else t for t in node.input]   # the same NCHW shape as the image
+            continue
         why = "explicit reference" if explicit else _foldable(model, node, name, inits)
         if why:
             rest.append(node)
