@@ -51,6 +51,7 @@ bench: install
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) peer_benchmarks/run.py
 	$(PY) peer_benchmarks/float16.py
+	$(PY) peer_benchmarks/nms.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
