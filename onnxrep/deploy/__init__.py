@@ -76,6 +76,7 @@ class Deployed:
     stage_in_explicit: onnx.ModelProto | None = None
     base: onnx.ModelProto | None = None           # the optimized model the adapters started from
     info: dict = field(default_factory=dict)      # for the report
+    info_explicit: dict = field(default_factory=dict)
 
 
 def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
@@ -96,7 +97,8 @@ def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
     image_dims = None
     if options.input_format != "float" or options.bgr:
         explicit = copy.deepcopy(model)
-        add_input_format(explicit, options.input_format, options.bgr, explicit=True)
+        result.info_explicit = add_input_format(explicit, options.input_format, options.bgr, explicit=True)
+        info["explicit_image"] = result.info_explicit["image"]
         info["input"] = add_input_format(result.model, options.input_format, options.bgr)
         result.stage_in, result.stage_in_explicit = copy.deepcopy(result.model), explicit
     try:
@@ -132,9 +134,10 @@ def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, at
           noise_factor=None) -> list[dict]:
     """Prove each adapter (see the module docstring). feeds: the verification inputs of the optimized
     model (float images); the uint8 ones are made from their shapes. Each check: name, ok, line."""
-    from onnxrep.deploy.checks import check_input, check_outputs
+    from onnxrep.deploy.checks import as_input_types, check_input, check_outputs
 
     checks = []
+    feeds = as_input_types(deployed.base, feeds)
     feeds_final = feeds
     if deployed.stage_in is not None:
         c, feeds_final = check_input(deployed, feeds, seed=seed, rtol=rtol, atol=atol, noise_factor=noise_factor)

@@ -8,10 +8,10 @@ import tempfile
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from onnxrep.deploy.layout import expected as layout_expected
-from onnxrep.deploy.nms import OUTPUTS, TRT_DOMAIN
+from onnxrep.deploy.nms import MASKED, OUTPUTS, TRT_DOMAIN
 from onnxrep.deploy.nms_reference import boxes_xyxy, reference_nms
 from onnxrep.deploy.preprocess import image_input, preprocess_numpy, random_images
 
@@ -22,6 +22,16 @@ def _run(model: onnx.ModelProto, feeds: list[dict], outputs: list[str]) -> list[
     with tempfile.TemporaryDirectory(prefix="onnxrep-deploy-") as work:
         sess = _session(model, work)
         return [dict(zip(outputs, sess.run(outputs, feed))) for feed in feeds]
+
+
+def as_input_types(model: onnx.ModelProto, feeds: list[dict]) -> list[dict]:
+    """The feeds in the dtypes `model` declares (a float16-input model after --no-keep-io-types)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    types = {vi.name: tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type) for vi in model.graph.input
+             if vi.type.tensor_type.elem_type}
+    return [{k: (np.asarray(v, types[k]) if k in types and np.issubdtype(np.asarray(v).dtype, np.floating)
+                 and np.issubdtype(types[k], np.floating) else v) for k, v in f.items()} for f in feeds]
 
 
 def _same(a, b) -> bool:
@@ -37,12 +47,15 @@ def check_input(deployed, feeds: list[dict], *, seed: int, rtol, atol, noise_fac
     opts = deployed.options
     name = image_input(deployed.base, "--input-format").name
     shapes = [list(np.shape(f[name])) for f in feeds]
-    dtype = np.float16 if feeds[0][name].dtype == np.float16 else np.float32
+    dtype = np.asarray(feeds[0][name]).dtype
     images = [{name: x} for x in random_images(opts.input_format, seed, shapes, dtype)]
-    outs = [o.name for o in deployed.base.graph.output]
-    base = _run(deployed.base, [{name: preprocess_numpy(f[name], opts.input_format, opts.bgr, dtype)} for f in images], outs)
-    explicit = _run(deployed.stage_in_explicit, images, outs)
-    exact = all(_same(a[o], b[o]) for a, b in zip(base, explicit) for o in outs)
+    # the spelled-out preprocessing against numpy's, on the preprocessed tensor itself (a float16 model's
+    # Conv may run in float32 on CPU, reading the Div's result before it is rounded to float16)
+    view = copy.deepcopy(deployed.stage_in_explicit)
+    pre = deployed.info["explicit_image"]
+    view.graph.output.append(helper.make_empty_tensor_value_info(pre))
+    got = _run(view, images, [pre])
+    exact = all(_same(g[pre], preprocess_numpy(f[name], opts.input_format, opts.bgr, dtype)) for g, f in zip(got, images))
     v = verify(deployed.stage_in_explicit, deployed.stage_in, feeds=images, rtol=rtol, atol=atol,
                noise_factor=noise_factor, strict_outputs=True)
     info = deployed.info.get("input", {})
@@ -107,7 +120,7 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
             y32 = y.astype(np.float32)
             scores = y32[:, 4:]
             best = scores.argmax(1)[:, None]
-            masked = np.where(np.arange(head.nc)[None, :, None] == best, scores, np.float32(0)).astype(np.float32)
+            masked = np.where(np.arange(head.nc)[None, :, None] == best, scores, np.float32(MASKED)).astype(np.float32)
             want = {node.input[0]: np.stack([boxes_xyxy(im, head.box_coding) for im in y32]),
                     node.input[1]: masked.transpose(0, 2, 1)}
         else:
@@ -115,6 +128,16 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
                     if role in deployed.outputs}
         wrong += [f"sample {k} {name}" for name, v in want.items() if not _same(v, g[name])]
     return exact_head, wrong, bad, got
+
+
+def _with_conf(model: onnx.ModelProto, conf: float) -> onnx.ModelProto:
+    """A copy of an ORT-NMS model whose NonMaxSuppression threshold is `conf` (a fresh constant)."""
+    m = copy.deepcopy(model)
+    node = next(n for n in m.graph.node if n.op_type == "NonMaxSuppression")
+    name = node.input[4] + "_probe"
+    m.graph.initializer.append(numpy_helper.from_array(np.array([conf], np.float32), name))
+    node.input[4] = name
+    return m
 
 
 MIN_DETECTIONS = 20   # fewer at the user's conf (a random-weight model): the NMS is also checked at a lower one
@@ -130,8 +153,6 @@ def check_outputs(deployed, feeds: list[dict]) -> dict:
     """The final model's new outputs against numpy applied to its own head tensor, which must equal the
     previous stage's output bit for bit. An ORT NMS that finds fewer than MIN_DETECTIONS at the user's conf
     is checked again, built at a conf where it finds some (the same graph but for one constant)."""
-    from onnxrep.deploy.nms import add_nms
-
     opts, head = deployed.options, deployed.head
     before = deployed.stage_in or deployed.base
     source = before.graph.output[head.index].name
@@ -140,10 +161,9 @@ def check_outputs(deployed, feeds: list[dict]) -> dict:
     if opts.nms == "ort":
         found = sum(int(np.asarray(g["num_dets"]).sum()) for g in got)
         probe = f" ({found} detections)"
-        if found < MIN_DETECTIONS:
+        if found < MIN_DETECTIONS:   # the deployed graph itself, its score threshold lowered
             settings = dataclasses.replace(opts.nms_settings, conf=_probe_conf(got, head))
-            model = copy.deepcopy(before)
-            add_nms(model, copy.copy(deployed.head).with_output(source), settings)
+            model = _with_conf(deployed.model, settings.conf)
             ok2, wrong2, _, got2 = _compare(model, deployed, settings, before, source, feeds)
             exact_head, wrong = exact_head and ok2, wrong + [f"{w} at conf {settings.conf:.3g}" for w in wrong2]
             probe += (f"; at conf {settings.conf:.3g} too ({sum(int(np.asarray(g['num_dets']).sum()) for g in got2)} "

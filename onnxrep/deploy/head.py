@@ -12,7 +12,6 @@ model) are looked through. Anything else is *not* guessed at: the output gets a 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +33,6 @@ class DetectionHead:
     anchors: int | str | None
     strides: list[int]     # the decode's stride values (8, 16, 32), [] when they are not constants
     elem_type: int         # the output's element type (FLOAT, or FLOAT16 without keep_io_types)
-
-    def with_output(self, name: str) -> "DetectionHead":
-        return dataclasses.replace(self, output=name)
 
     @property
     def stride(self) -> int | None:

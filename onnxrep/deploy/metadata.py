@@ -65,7 +65,7 @@ def deploy_metadata(head, image_dims: list | None, names: list[str] | None, sett
             raise OnnxrepError(f"--names: {len(names)} names for a head with {head.nc} classes")
         labels = names or [f"class{k}" for k in range(head.nc)]
         values["names"] = repr(dict(enumerate(labels)))
-        values["box_format"] = head.box_coding
+        values["box_format"] = "xyxy" if "nms" in settings else head.box_coding   # det_boxes are corners
         if head.stride:
             values["stride"] = str(head.stride)
     if image_dims:

@@ -6,7 +6,7 @@
 Semantics are the official YOLOv9 detect script's (`non_max_suppression`, multi_label=False): each anchor
 keeps its best class (ArgMax, the first on equal scores), a candidate needs score > conf, per-class greedy
 NMS suppresses IoU > iou (class_agnostic: across classes), and the K best detections of each image are
-kept, best first. The best-class rule is built by masking: every other class's score becomes 0, so
+kept, best first. The best-class rule is built by masking: every other class's score becomes -1, so
 per-class NMS (both runtimes') selects exactly the single-label result without offsetting boxes by class
 (the trick that moves coordinates by up to nc x 4096 px and re-rounds their IoU).
 
@@ -29,6 +29,8 @@ from onnxrep.deploy.build import Builder, check_free, replace_output
 from onnxrep.deploy.head import DetectionHead
 
 OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
+MASKED = -1.0      # the score of a class that is not its anchor's best
+MAX_DET = 100_000  # padding beyond this is a typo, not a deployment
 TRT_DOMAIN = "TRT"
 
 
@@ -49,8 +51,8 @@ class NmsSettings:
             raise OnnxrepError(f"--conf {self.conf}: must be in [0, 1)")
         if not 0 <= self.iou <= 1:
             raise OnnxrepError(f"--iou {self.iou}: must be in [0, 1]")
-        if self.max_det < 1:
-            raise OnnxrepError(f"--max-det {self.max_det}: must be at least 1")
+        if not 1 <= self.max_det <= MAX_DET:
+            raise OnnxrepError(f"--max-det {self.max_det}: must be between 1 and {MAX_DET:,}")
 
     def to_dict(self) -> dict:
         return {"nms": self.kind, "conf": self.conf, "iou": self.iou, "max_det": self.max_det,
@@ -71,9 +73,10 @@ def _candidates(b: Builder, head: DetectionHead, agnostic: bool) -> tuple[str, s
     best = b.op("ArgMax", [scores], axis=1, keepdims=1, base="best_class")
     if agnostic:
         nms_scores = b.op("GatherElements", [scores, best], axis=1, base="best_score")
-    else:   # every class but the anchor's best scores 0: per-class NMS is then single-label NMS
+    else:   # every class but the anchor's best scores -1: per-class NMS is then single-label NMS (-1, not 0:
+        # never a candidate, whether a runtime keeps scores equal to conf 0 or not)
         classes = b.const(np.arange(head.nc, dtype=np.int64).reshape(1, head.nc, 1), base="classes")
-        nms_scores = b.op("Where", [b.op("Equal", [classes, best]), scores, b.const(np.float32(0), base="zero")],
+        nms_scores = b.op("Where", [b.op("Equal", [classes, best]), scores, b.const(np.float32(MASKED), base="masked")],
                           base="best_only")
     return boxes, nms_scores, best, scores
 

@@ -70,7 +70,7 @@ def image_detections(y: np.ndarray, coding: str, conf: float, iou: float, max_de
         selected = [(float(top[a]), int(best[a]), a) for a in greedy(boxes, top, conf, iou, max_det)]
     else:
         for c in range(scores.shape[0]):
-            mine = np.where(best == c, top, F32(0)).astype(F32)
+            mine = np.where(best == c, top, F32(-1)).astype(F32)
             selected += [(float(top[a]), c, a) for a in greedy(boxes, mine, conf, iou, max_det)]
     order = sorted(range(len(selected)), key=lambda k: (-selected[k][0], k))   # TopK: lower index first on ties
     return [selected[k] for k in order[:max_det]]

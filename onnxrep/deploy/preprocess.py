@@ -74,8 +74,10 @@ def add_input_format(model: onnx.ModelProto, fmt: str, bgr: bool, explicit: bool
     b = Builder(model, "onnxrep_input", option)
     inits = {t.name: t for t in model.graph.initializer}
     raw = b.name("raw")                   # the image in float, 0..255 (0..1 for float), channels as fed
+    image = None                          # the preprocessed image, where it is spelled out
     readers = [n for n in model.graph.node if name in n.input]
     rest, folded, reasons = [], [], []
+    made: dict[str, str] = {}             # kernel -> its preprocessed copy (two Convs sharing one share it too)
     for node in readers:
         if node.op_type in SHAPE_ONLY and node.domain in ("", "ai.onnx"):
             node.input[:] = [raw if t == name else t for t in node.input]   # the same NCHW shape as the image
@@ -85,12 +87,15 @@ def add_input_format(model: onnx.ModelProto, fmt: str, bgr: bool, explicit: bool
             rest.append(node)
             reasons.append(why)
             continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        if bgr:
-            w = w[:, FLIP]
-        if fmt != "float":
-            w = w / np.asarray(255, w.dtype)
-        node.input[1] = b.const(np.ascontiguousarray(w), base=f"{node.name or 'conv'}.weight_preprocessed")
+        kernel = node.input[1]
+        if kernel not in made:
+            w = numpy_helper.to_array(inits[kernel])
+            if bgr:
+                w = w[:, FLIP]
+            if fmt != "float":
+                w = w / np.asarray(255, w.dtype)
+            made[kernel] = b.const(np.ascontiguousarray(w), base=f"{kernel}_preprocessed")
+        node.input[1] = made[kernel]
         node.input[0] = raw
         folded.append(node.name)
     nodes = list(model.graph.node)        # the new nodes go first (topological order)
@@ -108,16 +113,21 @@ def add_input_format(model: onnx.ModelProto, fmt: str, bgr: bool, explicit: bool
         if bgr:
             x = b.op("Gather", [x, b.const(np.asarray(FLIP, np.int64), base="rgb")], axis=1, base="bgr_to_rgb")
         pre = b.name("image")
+        image = pre
         model.graph.node.append(helper.make_node("Identity", [x], [pre], name=b.name("image")))
         for node in rest:
             node.input[:] = [pre if t == name else t for t in node.input]
     new_nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes + nodes)
+    read = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+    unused = [t for t in model.graph.initializer if t.name in made and t.name not in read]
+    for t in unused:                      # a replaced kernel no one reads any more
+        model.graph.initializer.remove(t)
     if fmt != "float":
         shape = [dims[0], dims[2], dims[3], 3] if fmt == "uint8-nhwc" else dims
         vi.CopyFrom(helper.make_tensor_value_info(name, TensorProto.UINT8, [d if d != "?" else None for d in shape]))
-    return {"input": name, "format": fmt, "bgr": bgr, "folded": folded, "explicit": reasons}
+    return {"input": name, "format": fmt, "bgr": bgr, "folded": folded, "explicit": reasons, "image": image}
 
 
 def preprocess_numpy(image: np.ndarray, fmt: str, bgr: bool, dtype=np.float32) -> np.ndarray:
