@@ -5,6 +5,7 @@
     constants.fold_constants    Constant nodes -> initializers, constant subgraphs, static shape
                                         chains, CastLike
     sequences.split_sequences   SplitToSequence + SequenceAt -> Split
+    scatter.scatter_slices      ScatterND writing one contiguous slice -> Concat of slices and updates
     chains.merge_chains         Concat of Concat, Reshape of Reshape, Transpose of Transpose -> one
 ``tidy`` (last, once the graph has stopped changing shape):
     dedup.dedup_initializers    equal initializers -> one
@@ -26,6 +27,7 @@ from onnxrep.passes.cleanup.chains import merge_chains
 from onnxrep.passes.cleanup.constants import fold_constants
 from onnxrep.passes.cleanup.dedup import dedup_initializers, merge_duplicate_nodes
 from onnxrep.passes.cleanup.noops import drop_zero_biases, remove_noops
+from onnxrep.passes.cleanup.scatter import scatter_slices
 from onnxrep.passes.cleanup.sequences import split_sequences
 from onnxrep.passes.cleanup.value_info import refresh_value_info
 from onnxrep.ir.shapes import infer_types
@@ -49,6 +51,7 @@ class Canonicalize:
             remove_noops(graph, types, result, stats)
             fold_constants(graph, types, namer, result, stats)
             split_sequences(graph, types, namer, result, stats)
+            scatter_slices(graph, types, namer, result, stats)
             merge_chains(graph, types, namer, result, stats)
             remove_noops(graph, types, result, stats)
             drop_zero_biases(graph, result, stats)
