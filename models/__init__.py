@@ -11,7 +11,8 @@ build(name, form="bn", *, imgsz=640, nc=80, seed=0, batch=1, opset=17, dtype="fl
       scales_value_floats=False)
 
   name      one of NAMES: yolov9-t/s/m/c/e (dual head: output 0 aux, output 1 main),
-            gelan-t/s/m/c/e (single head)
+            gelan-t/s/m/c/e (single head); or of V7_NAMES: yolov7-tiny, yolov7, yolov7-w6 (models/yolov7.py:
+            raw per-level outputs; the exporter options do not apply)
   form      bn: BatchNormalization kept; folded: BN folded, RepConvN = two Convs + Add;
             fused: BN folded and RepConvN merged; converted: the deployable gelan with the
             yolov9 model's main-branch weights (build("gelan-X", "fused") is the same model)
@@ -44,9 +45,9 @@ import onnx
 
 from .graph import count_convs
 from .weights import reuse as reuse_weights
-from .yolov9 import EXPORTERS, EXTERNAL_DATA_EXPORTERS, FORMS, NAMES, build
+from .yolov9 import EXPORTERS, EXTERNAL_DATA_EXPORTERS, FORMS, NAMES, V7_NAMES, build
 
-__all__ = ["NAMES", "FORMS", "EXPORTERS", "EXTERNAL_DATA_EXPORTERS", "build", "save", "count_convs",
+__all__ = ["NAMES", "V7_NAMES", "FORMS", "EXPORTERS", "EXTERNAL_DATA_EXPORTERS", "build", "save", "count_convs",
            "reuse_weights"]
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from . import EXPORTERS, EXTERNAL_DATA_EXPORTERS, FORMS, NAMES, build, count_convs, save
+from . import EXPORTERS, EXTERNAL_DATA_EXPORTERS, FORMS, NAMES, V7_NAMES, build, count_convs, save
 
 
 def _batch(s):
@@ -18,7 +18,7 @@ def _constant_nodes(s):
 
 def parser():
     p = argparse.ArgumentParser(prog="python -m models", description="Write a YOLOv9-family ONNX model.")
-    p.add_argument("name", nargs="?", choices=NAMES, metavar="NAME", help="one of: " + ", ".join(NAMES))
+    p.add_argument("name", nargs="?", choices=NAMES + V7_NAMES, metavar="NAME", help="one of: " + ", ".join(NAMES + V7_NAMES))
     p.add_argument("--list", action="store_true", help="list models, forms and exporter presets")
     p.add_argument("-o", "--output", help="output path (default NAME.onnx)")
     p.add_argument("--form", choices=FORMS, help="default bn, or the exporter preset's")
@@ -42,7 +42,7 @@ def parser():
 
 
 def _list():
-    print("models:   " + " ".join(NAMES))
+    print("models:   " + " ".join(NAMES + V7_NAMES))
     print("forms:    " + " ".join(FORMS))
     print("exporters:")
     for k, v in EXPORTERS.items():

@@ -24,7 +24,8 @@ _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(24)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
 
 AVGPOOL2_VAR = 0.45                          # 2x2 mean of spatially correlated values
-MAXPOOL = {3: (1.0, 0.9), 5: (1.5, 0.4)}     # k: (mean shift in input stds, variance factor)
+MAXPOOL = {3: (1.0, 0.9), 5: (1.5, 0.4),     # k: (mean shift in input stds, variance factor)
+           2: (0.8, 0.7), 9: (1.9, 0.3), 13: (2.2, 0.25)}   # YOLOv7's MP and SPPCSPC pools: estimated
 
 
 def image(c=3):
@@ -49,12 +50,22 @@ def batchnorm(z, gamma, beta, mean, var, eps):
     return np.stack([s * (z[0] - mean) + beta, s * s * z[1]])
 
 
-def silu(x):
-    """x * sigmoid(x) for x ~ N(mean, var), by quadrature."""
+def _through(x, fn):
+    """Mean and variance of fn(x) for x ~ N(mean, var), by quadrature."""
     t = x[0][:, None] + np.sqrt(x[1])[:, None] * _NODES[None, :]
-    f = t / (1.0 + np.exp(-t))
+    f = fn(t)
     m = (f * _WEIGHTS).sum(1)
     return np.stack([m, np.maximum((f * f * _WEIGHTS).sum(1) - m * m, 1e-12)])
+
+
+def silu(x):
+    """x * sigmoid(x)."""
+    return _through(x, lambda t: t / (1.0 + np.exp(-t)))
+
+
+def leaky(x, alpha):
+    """LeakyReLU(alpha) (YOLOv7-tiny)."""
+    return _through(x, lambda t: np.where(t > 0, t, alpha * t))
 
 
 def avgpool2(x):

@@ -5,6 +5,7 @@ from . import arch
 from . import moments as M
 from .blocks import Net, T
 from .graph import Graph, Options, Scope
+from .arch7 import NAMES as V7_NAMES
 from .head import Half, ddetect, mit_detect
 
 SIZES = ("t", "s", "m", "c", "e")
@@ -45,6 +46,14 @@ def build(name, form=None, *, imgsz=640, nc=80, seed=0, batch=None, opset=None, 
                  constant_nodes=constant_nodes, shape_chains=shape_chains, dynamo_bias=dynamo_bias,
                  cbfuse=cbfuse, naming=naming, layout=layout, scales_value_floats=scales_value_floats,
                  exporter_names=exporter_names)
+    if name in V7_NAMES:
+        from .yolov7 import build as build_v7
+
+        rest = {k: v for k, v in given.items() if k not in ("form", "batch", "opset") and v is not None}
+        if exporter is not None or rest:
+            raise ValueError(f"{name}: the exporter options are YOLOv9's; YOLOv7 takes form, imgsz, nc, seed, "
+                             f"batch, opset and dtype")
+        return build_v7(name, form or "bn", imgsz, nc, seed, 1 if batch is None else batch, opset or 17, dtype)
     if exporter is not None and exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter preset {exporter!r}; choose from {', '.join(EXPORTERS)}")
     preset = EXPORTERS.get(exporter, {})
