@@ -3,7 +3,8 @@
 Needs the `real` extra (`pip install -e '.[real]'`, `make test-real`); skipped when torch or the model code
 is missing. Exports run in a subprocess (tests/real/export_models.py) and are cached per torch version in
 out/real-exports/, so a second run only optimizes. ONNXREP_REAL_MODELS picks the models: `quick` (the CI
-set: yolov9-t, gelan-t, the four timm families), `all` (adds yolov9-s/m/c/e), or a comma-separated list.
+set: yolov9-t, gelan-t, the four timm families, two small YOLOv7-style nets), `all` (adds yolov9-s/m/c/e and
+the official yolov7-tiny, yolov7 and yolov7-w6 configurations), or a comma-separated list.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 QUICK = ["yolov9-t", "gelan-t", "repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050", "v7mini-idetect",
          "v7mini-iaux"]
-ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"]
+V7_FULL = ["yolov7-tiny", "yolov7", "yolov7-w6"]     # the official training configurations, full size
+ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"] + V7_FULL
 TIMM = {"repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050"}
-NO_OFFICIAL = TIMM | {"v7mini-idetect", "v7mini-iaux"}   # the official fuse()+TorchScript path is YOLOv9's
+NO_OFFICIAL = TIMM | {"v7mini-idetect", "v7mini-iaux"} | set(V7_FULL)   # the official fuse()+TorchScript path is YOLOv9's
 
 
 def selected_models() -> list[str]:
@@ -36,8 +38,13 @@ def selected_models() -> list[str]:
     return [m for m in choice.split(",") if m]
 
 
+V7 = {"v7mini-idetect", "v7mini-iaux"} | set(V7_FULL)
+
+
 def forms_of(model: str) -> list[str]:
-    return ["torchscript", "dynamo", "dynamo-raw"] + ([] if model in NO_OFFICIAL else ["official"])
+    """Exporter forms; YOLOv7 also in eval mode with the grid decode ("-grid": in-place writes, ScatterND)."""
+    return (["torchscript", "dynamo", "dynamo-raw"] + ([] if model in NO_OFFICIAL else ["official"])
+            + (["torchscript-grid", "dynamo-grid"] if model in V7 else []))
 
 
 def _missing() -> str | None:
@@ -82,7 +89,7 @@ def real_export():
 
     def get(model: str) -> Export:
         if model not in done:
-            wanted = forms_of(model) + ["deploy"]
+            wanted = forms_of(model) + ["deploy"] + (["deploy-grid"] if model in V7 else [])
             if not all((root / f"{model}.{f}.onnx").exists() for f in wanted) or not (root / f"{model}.json").exists():
                 cmd = [sys.executable, "-I", str(HERE / "export_models.py"), str(root), f"{model}:{','.join(forms_of(model))}"]
                 proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800)

@@ -52,7 +52,7 @@ REPO = HERE.parent.parent
 YOLO = ("yolov9-t", "yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e")
 GELAN = tuple("gelan-" + m.split("-")[1] for m in YOLO)
 TIMM = ("repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050")
-V7 = ("v7mini-idetect", "v7mini-iaux")
+V7 = ("v7mini-idetect", "v7mini-iaux", "yolov7-tiny", "yolov7", "yolov7-w6")
 FORMS = ("torchscript", "official", "dynamo", "dynamo-raw")
 
 
@@ -345,6 +345,15 @@ def _v7_cfg(kind: str, nc: int = 80) -> dict:
     return {"nc": nc, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": anchors, "backbone": layers, "head": []}
 
 
+def _v7_config(name: str) -> dict:
+    """Our two small nets, or an official configuration from models/arch7.py (loaded by path: the official
+    YOLOv9 code owns the top-level name ``models`` in this process)."""
+    if name.startswith("v7mini"):
+        return _v7_cfg(name.split("-")[1])
+    arch7 = _load_by_path("onnxrep_models_arch7", HERE.parent.parent / "models" / "arch7.py")
+    return arch7.v7_cfg(name)
+
+
 def _setup_yolov7():
     sys.path.insert(0, str(HERE))
     import stubs
@@ -378,18 +387,29 @@ def _v7_model(cfg: dict, imgsz: int, seed: int):
 def export_v7(name: str, forms, out: Path, imgsz: int, seed: int) -> None:
     import torch
 
-    kind = name.split("-")[1]
-    model = _v7_model(_v7_cfg(kind), imgsz, seed)
+    cfg = _v7_config(name)
+    iaux = cfg["backbone"][-1][2] == "IAuxDetect"
+    model = _v7_model(cfg, imgsz, seed)
     x, xb = image_batch(1, imgsz, seed + 7), image_batch(2, imgsz, seed + 9)
     with torch.no_grad():
         ys = [t.numpy() for t in model(x)]
         ysb = [t.numpy() for t in model(xb)]
     names = [f"output{i}" for i in range(len(ys))]
+    grid_names, grid_ys = None, []
     for form in forms:
         m = copy.deepcopy(model)
+        if form.endswith("-grid"):   # eval mode, decoded: the in-place grid decode TorchScript writes as ScatterND
+            m.model[-1].export = False
+            m.eval()
+            with torch.no_grad():
+                z, levels = m(x)
+            grid_ys = [z.numpy()] + [t.numpy() for t in levels]
+            grid_names = ["output"] + [f"raw{i}" for i in range(len(levels))]
+            _export(m, x, out / f"{name}.{form}.onnx", form[:-len("-grid")], grid_names, dynamic_batch=False)
+            continue
         _export(m, x, out / f"{name}.{form}.onnx", form, names, dynamic_batch=(form == "torchscript"))
-    if kind == "iaux":   # the deploy twin: IDetect on the lead inputs, carrying the lead weights
-        cfg = _v7_cfg("iaux")
+    if iaux:   # the deploy twin: IDetect on the lead inputs, carrying the lead weights
+        cfg = _v7_config(name)
         det = cfg["backbone"][-1]
         nl = len(cfg["anchors"])
         cfg["backbone"] = cfg["backbone"][:len(cfg["backbone"]) - 1 - nl] + [[det[0][:nl], 1, "IDetect", det[3]]]
@@ -412,8 +432,13 @@ def export_v7(name: str, forms, out: Path, imgsz: int, seed: int) -> None:
     info = {"model": name, "main_output": main[0], "main_outputs": main, "outputs": len(ys),
             "deploy": _conv_counts(out / f"{name}.deploy.onnx"),
             "deploy_matches_main": max(float(np.abs(r - ys[i]).max()) for i, r in enumerate(ref_y))}
+    if grid_names:   # the fused model's own decoded export (its fuseforward writes Split/Mul/Add, no ScatterND)
+        ref.model[-1].export = False
+        _export(ref, x, out / f"{name}.deploy-grid.onnx", "deploy", grid_names, dynamic_batch=False)
+        info["grid_outputs"] = len(grid_names)
     np.savez(out / f"{name}.npz", images=x.numpy(), images_b2=xb.numpy(),
-             **{f"y{i}": y for i, y in enumerate(ys)}, **{f"y{i}_b2": y for i, y in enumerate(ysb)})
+             **{f"y{i}": y for i, y in enumerate(ys)}, **{f"y{i}_b2": y for i, y in enumerate(ysb)},
+             **{f"g{i}": y for i, y in enumerate(grid_ys)})
     (out / f"{name}.json").write_text(json.dumps(info, indent=1))
 
 
@@ -426,7 +451,8 @@ def main(argv: list[str]) -> int:
         if name in YOLO or name in GELAN:
             export_yolo(name, forms, out, imgsz, nc=80, seed=0)
         elif name in V7:
-            export_v7(name, [f for f in forms if f != "official"], out, 128, seed=0)
+            export_v7(name, [f for f in forms if f != "official"], out, 128 if name.startswith("v7mini") else 256,
+                      seed=0)
         elif name in TIMM:
             export_timm(name, [f for f in forms if f != "official"], out, 64 if name != "repvit_m0_9" else 64, seed=0)
         else:
