@@ -8,7 +8,9 @@ Forms, as for YOLOv9 (the same weights in every form, drawn per module from (see
              (W' = W * m, b' = (b + W a) * m); the aux head kept
   converted  the deploy model (cfg/deploy): fused, without the aux head
 Outputs are the raw per-level heads ``[B, na, ny, nx, nc + 5]`` (``Detect.export = True``): lead levels,
-then (IAuxDetect, not converted) the aux levels. Implicit a ~ N(0, 0.5) and m ~ U(0.5, 1.5): far from the
+then (IAuxDetect, not converted) the aux levels; grid=True: eval mode, the decoded detections
+``[B, A, nc + 5]`` (centre-size pixels, objectness, classes) first, then the lead levels, as the fused
+model's export writes them (Split, no ScatterND). Implicit a ~ N(0, 0.5) and m ~ U(0.5, 1.5): far from the
 identity, as trained models have them, so a fold that drops one shows.
 """
 from __future__ import annotations
@@ -32,8 +34,9 @@ def options(form, imgsz, nc, seed, batch, opset, dtype) -> Options:
 
 
 class _V7:
-    def __init__(self, name: str, o: Options):
+    def __init__(self, name: str, o: Options, grid: bool = False):
         self.o = o
+        self.grid = grid
         self.cfg = v7_cfg(name, o.nc)
         self.g = Graph(o)
         self.net = Net(self.g)
@@ -133,9 +136,33 @@ class _V7:
     def head(self, sc, ins, aux: bool):
         nl = len(self.cfg["anchors"])
         outs = [self._level(x, sc, i, True) for i, x in enumerate(ins[:nl])]
+        if self.grid:      # eval mode: the decoded detections first, then the lead levels (no aux)
+            return [self._decode(sc, outs, ins[:nl])] + outs
         if aux and self.o.form != "converted":
             outs += [self._level(x, sc, i, False) for i, x in enumerate(ins[nl:])]
         return outs
+
+    def _decode(self, sc, levels, ins):
+        """The fused model's export-time decode (IDetect.fuseforward): per level sigmoid, then
+        xy * 2s + s (grid - 0.5), wh^2 * 4 anchor, Concat, view(B, -1, no); the levels concatenated."""
+        g, o = self.g, self.o
+        no, zs = o.nc + 5, []
+        for i, ((t, (na, ny, nx, _)), x) in enumerate(zip(levels, ins)):
+            s = o.imgsz[0] // ny
+            y = g.node("Sigmoid", [t], sc.op("Sigmoid"))
+            xy, wh, conf = g.node("Split", [y, g.ints(_where(sc), [2, 2, no - 4])], sc.op("Split"), n_out=3, axis=4)
+            yv, xv = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+            grid = np.stack((xv, yv), 2).reshape(1, 1, ny, nx, 2).astype(np.float32)
+            xy = g.node("Add", [g.node("Mul", [xy, g.const(_where(sc), np.float32(2.0 * s))], sc.op("Mul")),
+                               g.const(_where(sc), (s * (grid - 0.5)).astype(np.float32))], sc.op("Add"))
+            anchors = np.asarray(self.cfg["anchors"][i], np.float32).reshape(1, na, 1, 1, 2)
+            wh = g.node("Mul", [g.node("Pow", [wh, g.const(_where(sc), np.float32(2.0))], sc.op("Pow")),
+                                g.const(_where(sc), 4 * anchors)], sc.op("Mul"))
+            y = g.node("Concat", [xy, wh, conf], sc.op("Concat"), axis=4)
+            batch = o.batch if isinstance(o.batch, int) else 0
+            zs.append(g.node("Reshape", [y, g.ints(_where(sc), [batch, -1, no])], sc.op("Reshape")))
+        total = sum(na * ny * nx for _, (na, ny, nx, _) in levels)
+        return g.node("Concat", zs, sc.op("Concat"), axis=1), (total, no)
 
     # -- the table --------------------------------------------------------------------------------
     def model(self):
@@ -194,11 +221,11 @@ class _V7:
         raise AssertionError(module)
 
 
-def build(name, form, imgsz, nc, seed, batch, opset, dtype):
+def build(name, form, imgsz, nc, seed, batch, opset, dtype, grid=False):
     if form not in ("bn", "folded", "fused", "converted"):
         raise ValueError(f"unknown form {form!r}")
     hw = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
     stride = 64 if name == "yolov7-w6" else 32
     if any(v % stride for v in hw):
         raise ValueError(f"imgsz must be a multiple of {stride} for {name}, got {imgsz!r}")
-    return _V7(name, options(form, hw, nc, seed, batch, opset, dtype)).model()
+    return _V7(name, options(form, hw, nc, seed, batch, opset, dtype), grid).model()

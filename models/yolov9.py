@@ -40,7 +40,7 @@ _DEFAULTS = dict(form="bn", batch=1, opset=17, identity_dedup=False, constant_no
 
 def build(name, form=None, *, imgsz=640, nc=80, seed=0, batch=None, opset=None, dtype="float32",
           exporter=None, identity_dedup=None, constant_nodes=None, shape_chains=None, dynamo_bias=None,
-          cbfuse=None, naming=None, layout=None, scales_value_floats=None, exporter_names=None):
+          cbfuse=None, naming=None, layout=None, scales_value_floats=None, exporter_names=None, grid=None):
     """Build a YOLOv9-family ONNX model (see models/__init__.py for the options)."""
     given = dict(form=form, batch=batch, opset=opset, identity_dedup=identity_dedup,
                  constant_nodes=constant_nodes, shape_chains=shape_chains, dynamo_bias=dynamo_bias,
@@ -52,8 +52,11 @@ def build(name, form=None, *, imgsz=640, nc=80, seed=0, batch=None, opset=None, 
         rest = {k: v for k, v in given.items() if k not in ("form", "batch", "opset") and v is not None}
         if exporter is not None or rest:
             raise ValueError(f"{name}: the exporter options are YOLOv9's; YOLOv7 takes form, imgsz, nc, seed, "
-                             f"batch, opset and dtype")
-        return build_v7(name, form or "bn", imgsz, nc, seed, 1 if batch is None else batch, opset or 17, dtype)
+                             f"batch, opset, dtype and grid")
+        return build_v7(name, form or "bn", imgsz, nc, seed, 1 if batch is None else batch, opset or 17, dtype,
+                        bool(grid))
+    if grid is not None:
+        raise ValueError("grid is a YOLOv7 option (YOLOv9's heads always decode)")
     if exporter is not None and exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter preset {exporter!r}; choose from {', '.join(EXPORTERS)}")
     preset = EXPORTERS.get(exporter, {})

@@ -39,30 +39,35 @@ def _session(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _head_model(nc: int, anchors, opset: int = 17, batch="B") -> onnx.ModelProto:
+V7 = "anchors-first-obj"
+
+
+def _head_model(nc: int, anchors, opset: int = 17, batch="B", layout="anchors-last") -> onnx.ModelProto:
     """The smallest model with a 'head' output: y fed straight through (the NMS sees what we feed)."""
+    shape = [batch, anchors, 5 + nc] if layout == V7 else [batch, 4 + nc, anchors]
     g = helper.make_graph([helper.make_node("Identity", ["y"], ["out"])], "g",
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4 + nc, anchors])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 4 + nc, anchors])])
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
 _SESSIONS: dict = {}
 
 
-def _nms_session(nc, coding, agnostic, opset=17, conf=0.25, iou=0.45, max_det=7):
-    key = (nc, coding, agnostic, opset, conf, iou, max_det)
+def _nms_session(nc, coding, agnostic, opset=17, conf=0.25, iou=0.45, max_det=7, layout="anchors-last"):
+    key = (nc, coding, agnostic, opset, conf, iou, max_det, layout)
     if key not in _SESSIONS:
-        m = _head_model(nc, "A", opset)
-        add_nms(m, DetectionHead("out", 0, nc, coding, "B", "A", [], TensorProto.FLOAT),
+        m = _head_model(nc, "A", opset, layout=layout)
+        add_nms(m, DetectionHead("out", 0, nc, coding, "B", "A", [], TensorProto.FLOAT, layout),
                 NmsSettings("ort", conf, iou, max_det, agnostic))
         onnx.checker.check_model(m, full_check=True)
         _SESSIONS[key] = _session(m)
     return _SESSIONS[key]
 
 
-def _run_nms(y, coding="xywh", agnostic=False, **kw):
-    sess = _nms_session(y.shape[1] - 4, coding, agnostic, **kw)
+def _run_nms(y, coding="xywh", agnostic=False, layout="anchors-last", **kw):
+    nc = y.shape[2] - 5 if layout == V7 else y.shape[1] - 4
+    sess = _nms_session(nc, coding, agnostic, layout=layout, **kw)
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"y": y})))
 
 
@@ -153,16 +158,29 @@ def _heads(draw):
     return y
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(y=_heads(), coding=st.sampled_from(["xywh", "xyxy"]), agnostic=st.booleans(),
        opset=st.sampled_from([12, 13, 17, 18]), iou=st.sampled_from([0.0, 0.45, 0.5, 1.0]),
-       conf=st.sampled_from([0.0, 0.25, 0.5]), max_det=st.sampled_from([1, 3, 50]))
-def test_ort_nms_equals_the_reference(y, coding, agnostic, opset, iou, conf, max_det):
+       conf=st.sampled_from([0.0, 0.25, 0.5]), max_det=st.sampled_from([1, 3, 50]), v7=st.booleans())
+def test_ort_nms_equals_the_reference(y, coding, agnostic, opset, iou, conf, max_det, v7):
     if coding == "xyxy":
         y = y.copy()
         y[:, 2:4] += y[:, 0:2]
-    got = _run_nms(y, coding, agnostic, opset=opset, conf=conf, iou=iou, max_det=max_det)
-    _assert_same(got, reference_nms(y, coding, conf, iou, max_det, agnostic))
+    layout = "anchors-last"
+    if v7:   # YOLOv7's [B, A, 5+nc]: one more channel (objectness, from the same score levels), anchors first
+        layout = V7
+        y = np.concatenate([y[:, :4], y[:, 4:5], y[:, 4:]], axis=1).transpose(0, 2, 1).copy()
+    got = _run_nms(y, coding, agnostic, layout=layout, opset=opset, conf=conf, iou=iou, max_det=max_det)
+    _assert_same(got, reference_nms(y, coding, conf, iou, max_det, agnostic, layout))
+
+
+def test_yolov7_scores_are_objectness_times_class():
+    # anchor 0: class 0.9 but objectness 0.2 (score 0.18 < conf); anchor 1: 0.6 x 0.8 = 0.48
+    y = np.array([[[5, 5, 2, 2, 0.2, 0.9, 0.1], [20, 20, 2, 2, 0.8, 0.1, 0.6]]], np.float32)
+    out = reference_nms(y, "xywh", 0.25, 0.45, 5, layout=V7)
+    assert out["num_dets"][0, 0] == 1 and out["det_classes"][0, 0] == 1
+    assert out["det_scores"][0, 0] == np.float32(0.6) * np.float32(0.8)
+    _assert_same(_run_nms(y, layout=V7, max_det=5), out)
 
 
 def test_opset_below_12_is_a_clear_error():
@@ -583,3 +601,47 @@ def test_nms_metadata_says_the_boxes_are_corners(tiny):
     assert meta["box_format"] == "xyxy"
     meta = {p.key: p.value for p in apply(tiny, DeployOptions(output_layout="split")).model.metadata_props}
     assert meta["box_format"] == "xywh"
+
+
+
+# ------------------------------------------------------------------------------ YOLOv7 decoded heads
+
+
+@pytest.fixture(scope="module")
+def v7_grid():
+    """yolov7-tiny at 128, eval mode (decoded [B, A, 85] first, then the raw levels), optimized."""
+    return onnxrep.optimize(models.build("yolov7-tiny", "bn", imgsz=128, grid=True), verify=False).model
+
+
+def test_yolov7_decoded_head_is_recognised_and_raw_levels_are_not(v7_grid):
+    heads, reasons = find_heads(v7_grid)
+    assert [(h.output, h.nc, h.layout, h.strides, h.anchors) for h in heads] == \
+        [("output0", 80, V7, [8, 16, 32], 3 * (16 * 16 + 8 * 8 + 4 * 4))]
+    assert len(reasons) == 3 and all("YOLOv7 head" in r for r in reasons.values())
+    raw = onnxrep.optimize(models.build("yolov7-tiny", "bn", imgsz=128), verify=False).model
+    with pytest.raises(OnnxrepError, match="no YOLO detection head recognised"):
+        apply(raw, DeployOptions(nms="ort"))
+
+
+@pytest.mark.parametrize("kind", ["ort", "trt"])
+def test_nms_on_a_yolov7_head(v7_grid, kind):
+    d = apply(v7_grid, DeployOptions(nms=kind, max_det=40))
+    [c] = check(d, _feeds(v7_grid))
+    assert c["ok"], c["line"]
+    assert [o.name for o in d.model.graph.output][:4] == ["num_dets", "det_boxes", "det_scores", "det_classes"]
+
+
+def test_the_yolov7_check_catches_scores_without_objectness(v7_grid):
+    d = apply(v7_grid, DeployOptions(nms="ort", max_det=40))
+    mul = next(n for n in d.model.graph.node if n.op_type == "Mul" and n.name.startswith("onnxrep_nms/Mul"))
+    mul.op_type, mul.input[:] = "Identity", [mul.input[0]]     # class scores alone
+    [c] = check(d, _feeds(v7_grid))
+    assert not c["ok"], c["line"]
+
+
+def test_a_yolov7_head_whose_scores_are_not_a_sigmoid_s_is_refused(v7_grid):
+    m = copy.deepcopy(v7_grid)
+    next(n for n in m.graph.node if n.op_type == "Sigmoid").op_type = "Tanh"   # one level's scores
+    assert not find_heads(m)[0]
+    with pytest.raises(OnnxrepError, match="--output-layout anchors-first: the head output0 is YOLOv7's"):
+        apply(v7_grid, DeployOptions(output_layout="anchors-first"))

@@ -85,3 +85,26 @@ def test_w6_aux_outputs_and_bad_options():
         models.build("yolov7-w6", "bn", imgsz=96)
     with pytest.raises(ValueError, match="exporter options are YOLOv9's"):
         models.build("yolov7", "bn", exporter="torchscript")
+
+
+def test_grid_output_is_the_yolov7_decode_of_the_raw_levels():
+    """grid=True: output 0 is IDetect's eval-mode decode of the raw levels (checked in numpy here)."""
+    from models.arch7 import v7_cfg
+
+    m = models.build("yolov7-tiny", "converted", imgsz=128, grid=True)
+    x = np.random.default_rng(3).random((1, 3, 128, 128), dtype=np.float32)
+    decoded, *levels = _run(m, x)
+    anchors = v7_cfg("yolov7-tiny")["anchors"]
+    parts = []
+    for i, raw in enumerate(levels):
+        _, na, ny, nx, no = raw.shape
+        s = 128 // ny
+        y = 1 / (1 + np.exp(-raw.astype(np.float64)))
+        yv, xv = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        grid = np.stack((xv, yv), 2).reshape(1, 1, ny, nx, 2)
+        y[..., 0:2] = (y[..., 0:2] * 2 - 0.5 + grid) * s
+        y[..., 2:4] = (y[..., 2:4] * 2) ** 2 * np.asarray(anchors[i], np.float64).reshape(1, na, 1, 1, 2)
+        parts.append(y.reshape(1, -1, no))
+    np.testing.assert_allclose(decoded, np.concatenate(parts, 1), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="grid is a YOLOv7 option"):
+        models.build("yolov9-t", "bn", grid=True)

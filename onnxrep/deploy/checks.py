@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from onnxrep.deploy.layout import expected as layout_expected
 from onnxrep.deploy.nms import MASKED, OUTPUTS, TRT_DOMAIN
-from onnxrep.deploy.nms_reference import boxes_xyxy, reference_nms
+from onnxrep.deploy.nms_reference import candidates, reference_nms
 from onnxrep.deploy.preprocess import image_input, preprocess_numpy, random_images
 
 
@@ -115,14 +115,13 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
         y = np.asarray(g[head.output])
         if opts.nms == "ort":
             want = reference_nms(y.astype(np.float32), head.box_coding, settings.conf, settings.iou, settings.max_det,
-                                 settings.class_agnostic)
+                                 settings.class_agnostic, head.layout)
         elif opts.nms == "trt":
-            y32 = y.astype(np.float32)
-            scores = y32[:, 4:]
+            parts = [candidates(im, head.box_coding, head.layout) for im in y.astype(np.float32)]
+            scores = np.stack([p[1] for p in parts])
             best = scores.argmax(1)[:, None]
             masked = np.where(np.arange(head.nc)[None, :, None] == best, scores, np.float32(MASKED)).astype(np.float32)
-            want = {node.input[0]: np.stack([boxes_xyxy(im, head.box_coding) for im in y32]),
-                    node.input[1]: masked.transpose(0, 2, 1)}
+            want = {node.input[0]: np.stack([p[0] for p in parts]), node.input[1]: masked.transpose(0, 2, 1)}
         else:
             want = {deployed.outputs[role]: v for role, v in layout_expected(y, opts.output_layout).items()
                     if role in deployed.outputs}
@@ -145,7 +144,8 @@ MIN_DETECTIONS = 20   # fewer at the user's conf (a random-weight model): the NM
 
 def _probe_conf(got: list[dict], head) -> float:
     """The score of the 300th best anchor: a conf at which this model's NMS has work to do."""
-    best = np.sort(np.concatenate([np.asarray(g[head.output], np.float32)[:, 4:].max(1).ravel() for g in got]))[::-1]
+    best = np.sort(np.concatenate([candidates(im, head.box_coding, head.layout)[1].max(0)
+                                   for g in got for im in np.asarray(g[head.output], np.float32)]))[::-1]
     return float(best[min(299, best.size - 1)]) * 0.999
 
 

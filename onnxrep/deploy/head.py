@@ -1,13 +1,24 @@
 """Find the detection output of a YOLO graph by structure: the tensor deployment adapters attach to.
 
-A YOLOv9 DDetect / DualDDetect main head (and gelan's, and YOLOv9-style heads of other exporters) ends in
+Two layouts (``DetectionHead.layout``):
+
+"anchors-last", a YOLOv9 DDetect / DualDDetect main head (and gelan's, and YOLOv9-style heads of other
+exporters), ends in
 
     y [B, 4+nc, A] = Concat(axis=1)( Mul(decoded [B, 4, A], strides [.., A]),  Sigmoid(cls) [B, nc, A] )
 
 and the decoded boxes are either centre-size (``Concat(axis=1)(Div(x1y1 + x2y2, 2), x2y2 - x1y1)``, what
-DDetect writes, xywh=True) or corners (``Concat(axis=1)(anchor - lt, anchor + rb)``). Casts (a float16
-model) are looked through. Anything else is *not* guessed at: the output gets a reason instead, so
-`--nms` on an unknown head is a clear error, never NMS on the wrong numbers.
+DDetect writes, xywh=True) or corners (``Concat(axis=1)(anchor - lt, anchor + rb)``).
+
+"anchors-first-obj", YOLOv7's (and YOLOv5's) decoded head in eval mode, ends in
+``y [B, A, 5+nc] = Concat(axis=1)(Reshape(level_i [B, na, ny, nx, 5+nc]) ...)`` with centre-size boxes in
+pixels, then objectness and class scores; channels 4.. of every level must be a Sigmoid's own channels,
+passed on unchanged (followed through Concat, Split, Slice, Transpose: the in-place grid decode as TorchScript
+and dynamo write it, and the fused model's Split form), while channels 0..3 hold the decoded boxes. Scores are objectness x class, as the
+official NMS computes them.
+
+Casts (a float16 model) are looked through. Anything else is *not* guessed at: the output gets a reason
+instead, so `--nms` on an unknown head is a clear error, never NMS on the wrong numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ class DetectionHead:
     anchors: int | str | None
     strides: list[int]     # the decode's stride values (8, 16, 32), [] when they are not constants
     elem_type: int         # the output's element type (FLOAT, or FLOAT16 without keep_io_types)
+    layout: str = "anchors-last"   # [B, 4+nc, A]; or "anchors-first-obj": [B, A, 5+nc] (YOLOv7/v5)
 
     @property
     def stride(self) -> int | None:
@@ -118,6 +130,85 @@ def recognise(graph: gs.Graph, tensor: gs.Tensor, index: int, types: Types) -> t
     return DetectionHead(tensor.name, index, int(nc), coding, dims[0] if dims else None, anchors, strides, int(elem)), ""
 
 
+def _channel_source(tensor: gs.Tensor, lo: int, hi: int, axis: int, types: Types, depth: int = 0):
+    """(node, lo, hi, axis): the node whose output holds channels [lo, hi) of `tensor` on `axis` unchanged,
+    followed through Concat, Split, Slice (step 1, on that axis only), Transpose, Identity and Cast; stops at the
+    first other op (that op's output holds them). None where the sizes are unknown."""
+    node = producer(tensor)
+    dims = types.dims(tensor)
+    if node is None or depth > 64 or not dims:
+        return None
+    axis %= len(dims)
+    if is_std(node, "Identity", "Cast"):
+        return _channel_source(node.inputs[0], lo, hi, axis, types, depth + 1)
+    if is_std(node, "Transpose"):
+        perm = node.attrs.get("perm") or list(range(len(dims)))[::-1]
+        return _channel_source(node.inputs[0], lo, hi, perm[axis], types, depth + 1)
+    if is_std(node, "Concat") and node.attrs.get("axis", 0) % len(dims) == axis:
+        start = 0
+        for t in node.inputs:
+            size = (types.dims(t) or [None] * len(dims))[axis]
+            if not isinstance(size, (int, np.integer)):
+                return None
+            if start <= lo and hi <= start + size:
+                return _channel_source(t, lo - start, hi - start, axis, types, depth + 1)
+            start += int(size)
+        return None
+    if is_std(node, "Split") and node.attrs.get("axis", 0) % len(dims) == axis:
+        sizes = node.attrs.get("split") or (const_value(node.inputs[1]) if len(node.inputs) > 1 and
+                                             node.inputs[1].name else None)
+        if sizes is None:
+            return None
+        begin = int(sum(list(np.asarray(sizes).reshape(-1))[:node.outputs.index(tensor)]))
+        return _channel_source(node.inputs[0], lo + begin, hi + begin, axis, types, depth + 1)
+    if is_std(node, "Slice") and len(node.inputs) >= 4:
+        starts, axes = const_value(node.inputs[1]), const_value(node.inputs[3])
+        steps = const_value(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else None
+        in_dims = types.dims(node.inputs[0])
+        if starts is None or axes is None or not in_dims or starts.size != 1:
+            return None
+        if int(axes.reshape(-1)[0]) % len(in_dims) != axis or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+            return None
+        begin = int(starts.reshape(-1)[0])
+        size = in_dims[axis]
+        if begin < 0:
+            if not isinstance(size, (int, np.integer)):
+                return None
+            begin += int(size)
+        return _channel_source(node.inputs[0], lo + begin, hi + begin, axis, types, depth + 1)
+    return node, lo, hi, axis
+
+
+def _recognise_objectness(graph: gs.Graph, tensor: gs.Tensor, index: int, types: Types):
+    """The YOLOv7/v5 decoded head [B, A, 5+nc] (module docstring), or (None, why not)."""
+    dims = types.dims(tensor) or _dims(tensor)
+    node = _through_casts(tensor)
+    if not dims or len(dims) != 3 or node is None or not is_std(node, "Concat") or not _axis1(node):
+        return None, "not a Concat of levels on axis 1"
+    no = dims[2] if isinstance(dims[2], (int, np.integer)) else None
+    levels = []
+    for t in node.inputs:
+        reshape = _through_casts(t)
+        level = reshape.inputs[0] if reshape is not None and is_std(reshape, "Reshape") else None
+        ldims = types.dims(level) if level is not None else None
+        if not ldims or len(ldims) != 5 or not all(isinstance(d, (int, np.integer)) for d in ldims[1:]):
+            return None, "a level is not a Reshape of a static [B, na, ny, nx, 5+nc] tensor"
+        no = no or int(ldims[4])
+        found = _channel_source(level, 4, no, 4, types) if int(ldims[4]) == no else None
+        if found is None or not is_std(found[0], "Sigmoid") or found[1:] != (4, no, len(ldims) - 1):
+            return None, "a level's objectness and class channels are not a Sigmoid's, unchanged"
+        levels.append(ldims)
+    if no is None or no < 6:
+        return None, "fewer than 5 + 1 channels"
+    image = graph.inputs[0].shape if graph.inputs else None
+    height = image[2] if image and len(image) == 4 and isinstance(image[2], int) else None
+    strides = sorted({height // int(d[2]) for d in levels}) if height else []
+    anchors = sum(int(d[1] * d[2] * d[3]) for d in levels)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)) if tensor.dtype is not None else onnx.TensorProto.FLOAT
+    return DetectionHead(tensor.name, index, int(no) - 5, "xywh", dims[0], anchors, strides, int(elem),
+                         layout="anchors-first-obj"), ""
+
+
 def find_heads(model: onnx.ModelProto) -> tuple[list[DetectionHead], dict[str, str]]:
     """Every graph output recognised as a YOLO detection head, and for the others why not."""
     graph = import_model(model)
@@ -126,6 +217,9 @@ def find_heads(model: onnx.ModelProto) -> tuple[list[DetectionHead], dict[str, s
     with at_opset(model_opset(graph)):
         for k, out in enumerate(graph.outputs):
             head, why = recognise(graph, out, k, types)
+            if head is None:
+                head, why_v7 = _recognise_objectness(graph, out, k, types)
+                why = f"{why}; as a YOLOv7 head: {why_v7}"
             if head:
                 heads.append(head)
             else:

@@ -33,6 +33,11 @@ def add_layout(model: onnx.ModelProto, head: DetectionHead, layout: str) -> dict
     """Apply `layout` to the head's output; returns {role: output name} ("y", or "boxes" and "scores")."""
     if layout == "anchors-last":
         return {"y": head.output}
+    if head.layout != "anchors-last":
+        from onnxrep.io import OnnxrepError
+
+        raise OnnxrepError(f"--output-layout {layout}: the head {head.output} is YOLOv7's [B, A, 5+nc] (anchors first, "
+                           f"with objectness); the layouts apply to [B, 4+nc, A] heads")
     b = Builder(model, "onnxrep_layout", "--output-layout")
     raw = b.name("head_output")
     rename_tensor(model, head.output, raw)

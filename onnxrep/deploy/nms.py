@@ -1,9 +1,10 @@
 """Embedded NMS after a YOLO detection head, in the EfficientNMS output convention.
 
-    y [B, 4+nc, A]  =>  num_dets [B, 1] int32, det_boxes [B, K, 4] (x1, y1, x2, y2), det_scores [B, K],
+    y [B, 4+nc, A] (or YOLOv7's [B, A, 5+nc])  =>  num_dets [B, 1] int32, det_boxes [B, K, 4] (x1, y1, x2, y2), det_scores [B, K],
                         det_classes [B, K] int32, padded with zeros to K = max_det
 
-Semantics are the official YOLOv9 detect script's (`non_max_suppression`, multi_label=False): each anchor
+Semantics are the official YOLOv9 detect script's (`non_max_suppression`, multi_label=False; YOLOv7's is the
+same with score = objectness x class score, its objectness cut implied by score > conf): each anchor
 keeps its best class (ArgMax, the first on equal scores), a candidate needs score > conf, per-class greedy
 NMS suppresses IoU > iou (class_agnostic: across classes), and the K best detections of each image are
 kept, best first. The best-class rule is built by masking: every other class's score becomes -1, so
@@ -64,12 +65,17 @@ def _candidates(b: Builder, head: DetectionHead, agnostic: bool) -> tuple[str, s
     y = head.output
     if head.elem_type != TensorProto.FLOAT:
         y = b.op("Cast", [y], to=TensorProto.FLOAT)
-    boxes = b.op("Transpose", [b.slice(y, 0, 4, 1)], perm=[0, 2, 1], base="boxes")
+    if head.layout == "anchors-first-obj":   # [B, A, 5+nc]: scores = objectness x class, as YOLOv7's NMS has them
+        boxes = b.slice(y, 0, 4, 2)
+        scores = b.op("Transpose", [b.op("Mul", [b.slice(y, 5, 5 + head.nc, 2), b.slice(y, 4, 5, 2)])],
+                      perm=[0, 2, 1], base="scores")
+    else:
+        boxes = b.op("Transpose", [b.slice(y, 0, 4, 1)], perm=[0, 2, 1], base="boxes")
+        scores = b.slice(y, 4, 4 + head.nc, 1)
     if head.box_coding == "xywh":
         xy, wh = b.split(boxes, [2, 2], axis=2)
         half = b.op("Mul", [wh, b.const(np.float32(0.5), base="half")])
         boxes = b.op("Concat", [b.op("Sub", [xy, half]), b.op("Add", [xy, half])], axis=2, base="boxes_xyxy")
-    scores = b.slice(y, 4, 4 + head.nc, 1)
     best = b.op("ArgMax", [scores], axis=1, keepdims=1, base="best_class")
     if agnostic:
         nms_scores = b.op("GatherElements", [scores, best], axis=1, base="best_score")

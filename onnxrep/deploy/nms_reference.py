@@ -15,13 +15,20 @@ import numpy as np
 F32 = np.float32
 
 
-def boxes_xyxy(y: np.ndarray, coding: str) -> np.ndarray:
-    """[A, 4] corners of one image's y [4+nc, A], with the graph's float32 arithmetic."""
-    t = np.ascontiguousarray(np.asarray(y[:4], F32).T)
+def candidates(y: np.ndarray, coding: str, layout: str = "anchors-last") -> tuple[np.ndarray, np.ndarray]:
+    """(corners [A, 4], class scores [nc, A]) of one image's head output, with the graph's float32
+    arithmetic: y [4+nc, A], or [A, 5+nc] for layout "anchors-first-obj" (score = objectness x class)."""
+    y = np.asarray(y, F32)
+    if layout == "anchors-first-obj":
+        t = np.ascontiguousarray(y[:, :4])
+        scores = np.ascontiguousarray((y[:, 5:] * y[:, 4:5]).T)
+    else:
+        t = np.ascontiguousarray(y[:4].T)
+        scores = y[4:]
     if coding == "xyxy":
-        return t
+        return t, scores
     half = t[:, 2:4] * F32(0.5)
-    return np.concatenate([t[:, 0:2] - half, t[:, 0:2] + half], axis=1)
+    return np.concatenate([t[:, 0:2] - half, t[:, 0:2] + half], axis=1), scores
 
 
 def suppressed(box: np.ndarray, others: np.ndarray, iou: float) -> np.ndarray:
@@ -57,12 +64,10 @@ def greedy(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float, limit
     return keep
 
 
-def image_detections(y: np.ndarray, coding: str, conf: float, iou: float, max_det: int,
-                     agnostic: bool) -> list[tuple[float, int, int]]:
-    """(score, class, anchor) of one image's y [4+nc, A], in output order."""
-    y = np.asarray(y, F32)
-    boxes = boxes_xyxy(y, coding)
-    scores = y[4:]
+def image_detections(y: np.ndarray, coding: str, conf: float, iou: float, max_det: int, agnostic: bool,
+                     layout: str = "anchors-last") -> list[tuple[float, int, int]]:
+    """(score, class, anchor) of one image's head output, in output order."""
+    boxes, scores = candidates(y, coding, layout)
     best = np.argmax(scores, axis=0)
     top = scores[best, np.arange(scores.shape[1])]
     selected = []
@@ -77,14 +82,14 @@ def image_detections(y: np.ndarray, coding: str, conf: float, iou: float, max_de
 
 
 def reference_nms(y: np.ndarray, coding: str, conf: float, iou: float, max_det: int,
-                  agnostic: bool = False) -> dict[str, np.ndarray]:
-    """The four EfficientNMS-style outputs for y [B, 4+nc, A]."""
+                  agnostic: bool = False, layout: str = "anchors-last") -> dict[str, np.ndarray]:
+    """The four EfficientNMS-style outputs for y [B, 4+nc, A] (or [B, A, 5+nc], see candidates)."""
     batch = y.shape[0]
     out = {"num_dets": np.zeros((batch, 1), np.int32), "det_boxes": np.zeros((batch, max_det, 4), F32),
            "det_scores": np.zeros((batch, max_det), F32), "det_classes": np.zeros((batch, max_det), np.int32)}
     for i in range(batch):
-        dets = image_detections(y[i], coding, conf, iou, max_det, agnostic)
-        boxes = boxes_xyxy(y[i], coding)
+        dets = image_detections(y[i], coding, conf, iou, max_det, agnostic, layout)
+        boxes, _ = candidates(y[i], coding, layout)
         out["num_dets"][i, 0] = len(dets)
         for k, (score, cls, anchor) in enumerate(dets):
             out["det_boxes"][i, k] = boxes[anchor]

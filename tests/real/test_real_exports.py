@@ -144,22 +144,27 @@ def test_float16_conversion_of_real_exports(real_export, model, form):
         assert any(r.startswith("Softmax") for r in kept)
 
 
-YOLO_CASES = [(m, f) for m, f in CASES if m.startswith(("yolov9", "gelan"))]
+YOLO_CASES = [(m, f) for m, f in CASES if m.startswith(("yolov9", "gelan")) or f.endswith("-grid")]
 
 
 @pytest.mark.parametrize("model,form", YOLO_CASES)
 def test_deployment_adapters_on_real_exports(real_export, model, form):
-    """Every real YOLOv9/GELAN export (TorchScript's symbolic output dims, dynamo's names) gets its head
-    recognised and each adapter proven: NMS ort against the numpy reference, NMS trt's inputs, the split
-    layout, uint8 NHWC BGR input folded into the first Conv."""
+    """Every real YOLOv9/GELAN export (TorchScript's symbolic output dims, dynamo's names) and every YOLOv7
+    eval-mode export (its decoded [B, A, 5+nc] head) gets its head recognised and each adapter proven: NMS
+    ort against the numpy reference, NMS trt's inputs, (YOLOv9) the split layout, uint8 NHWC BGR input
+    folded into the first Conv."""
     ex = real_export(model)
+    v7 = form.endswith("-grid")
     for options in (dict(nms="ort"), dict(nms="trt", class_agnostic=True),
-                    dict(output_layout="split", input_format="uint8-nhwc", bgr=True)):
+                    dict(output_layout="anchors-first" if v7 else "split", input_format="uint8-nhwc", bgr=True)):
+        if v7 and "output_layout" in options:
+            options.pop("output_layout")
         result = onnxrep.optimize(ex.path(form), **options)
         assert result.ok, (options, result.report.text())
         checks = result.verification.deploy
         assert checks and all(c["ok"] for c in checks), [c["line"] for c in checks]
         meta = {p.key: p.value for p in result.model.metadata_props}
-        assert meta["stride"] == "32" and meta["box_format"] == "xywh"
+        assert meta["stride"] == ("64" if model.endswith(("w6", "iaux")) else "32")
+        assert meta["box_format"] == ("xyxy" if "nms" in options else "xywh")
         if "input_format" in options:
             assert result.report.deploy["input"]["folded"], result.report.deploy
