@@ -215,3 +215,38 @@ def test_cli_batch_options(tmp_path):
         r = CliRunner().invoke(main, ["optimize", str(out), str(tmp_path / "bad.onnx"), *args])
         assert r.exit_code == 2 and message in r.output, r.output
         assert not (tmp_path / "bad.onnx").exists()
+
+
+# ------------------------------------------------------------------------------- review findings
+
+
+def _tiny(nodes, inputs, inits, opset=18, ir=8):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = ir
+    return m
+
+
+def test_shape_constants_whose_first_entry_is_not_the_batch_are_refused():
+    expand = _tiny([helper.make_node("Expand", ["x", "s"], ["y"])], [("x", [2, 2, 4])],
+                   [numpy_helper.from_array(np.array([2, 4], np.int64), "s")])        # right-aligned: not the batch
+    with pytest.raises(OnnxrepError, match="does not name every axis"):
+        make_dynamic_batch(expand)
+    resize = _tiny([helper.make_node("Resize", ["x", "", "", "s"], ["y"], axes=[2, 3])], [("x", [2, 1, 4, 4])],
+                   [numpy_helper.from_array(np.array([2, 8], np.int64), "s")])
+    with pytest.raises(OnnxrepError, match=r"sizes are for axes \[2, 3\]"):
+        make_dynamic_batch(resize)
+
+
+def test_an_initializer_listed_among_the_inputs_is_not_the_batch():
+    """IR 3 lists initializers among the graph inputs: neither the batch source nor renamed."""
+    m = _tiny([helper.make_node("Add", ["x", "w"], ["a"]), helper.make_node("Reshape", ["a", "s"], ["y"])],
+              [("w", [1, 3]), ("x", [1, 3])],
+              [numpy_helper.from_array(np.ones((1, 3), np.float32), "w"),
+               numpy_helper.from_array(np.array([1, 3, 1], np.int64), "s")], opset=17, ir=3)
+    r = onnxrep.optimize(m, dynamic_batch=True)
+    assert r.ok, r.report.text()
+    dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in r.model.graph.input}
+    assert dims["x"] == ["batch", 3] and dims.get("w", [1, 3]) == [1, 3]
+    assert all(c["ok"] for c in r.verification.deploy)

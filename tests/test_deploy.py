@@ -645,3 +645,30 @@ def test_a_yolov7_head_whose_scores_are_not_a_sigmoid_s_is_refused(v7_grid):
     assert not find_heads(m)[0]
     with pytest.raises(OnnxrepError, match="--output-layout anchors-first: the head output0 is YOLOv7's"):
         apply(v7_grid, DeployOptions(output_layout="anchors-first"))
+
+
+def _v7_level_model(conf_nodes):
+    """x [1,3,2,2,7] -> Sigmoid y; level = Concat(axis 4)(y[..., :4] * 2, conf); out = Concat(Reshape(level))."""
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    inits = [c("s0", [0]), c("s4", [4]), c("e4", [4]), c("e7", [7]), c("ax4", [4]), c("rs", [1, -1, 7]),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    nodes = [helper.make_node("Sigmoid", ["x"], ["y"]), helper.make_node("Slice", ["y", "s0", "e4", "ax4"], ["b0"]),
+             helper.make_node("Mul", ["b0", "two"], ["b"]), *conf_nodes,
+             helper.make_node("Concat", ["b", "conf"], ["level"], axis=4),
+             helper.make_node("Reshape", ["level", "rs"], ["r"]), helper.make_node("Concat", ["r"], ["out"], axis=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2, 7])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 12, 7])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("conf_nodes,accepted", [
+    ([helper.make_node("Slice", ["y", "s4", "e7", "ax4"], ["conf"])], True),
+    ([helper.make_node("Slice", ["y", "s4", "e7", "ax4"], ["c0"]), helper.make_node("Cast", ["c0"], ["c1"], to=6),
+      helper.make_node("Cast", ["c1"], ["conf"], to=1)], False),                    # through int32: scores become 0
+    ([helper.make_node("Transpose", ["y"], ["t"], perm=[0, 1, 3, 2, 4]),              # scores moved to other anchors
+      helper.make_node("Slice", ["t", "s4", "e7", "ax4"], ["conf"])], False),
+    ([helper.make_node("Slice", ["y", "s4", "e7", "ax4"], ["c0"]), helper.make_node("Add", ["c0", "two"], ["conf"])],
+     False),
+])
+def test_yolov7_score_channels_must_be_the_sigmoid_s_at_their_own_anchor(conf_nodes, accepted):
+    assert bool(find_heads(_v7_level_model(conf_nodes))[0]) == accepted

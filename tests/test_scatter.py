@@ -102,3 +102,23 @@ def test_other_scatters_decline():
         out, info = _optimized(m)
         assert any(n.op_type == "ScatterND" for n in out.graph.node), reason
         assert any(reason in d for d in info["declined"]), (reason, info)
+
+
+def test_a_scatter_inside_a_subgraph_is_left_alone():
+    """Inside an If branch the dims would come from the branch's own value_info, which nothing checks
+    (a stale [3, 2] for a [5, 2] tensor made a full range look full): only the top-level graph is rewritten."""
+    branch_nodes = [helper.make_node("ScatterND", ["x", "i", "u"], ["z_then"])]
+    then = helper.make_graph(branch_nodes, "then", [], [helper.make_tensor_value_info("z_then", TensorProto.FLOAT, [5, 2])],
+                             value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z_else"])], "else", [],
+                              [helper.make_tensor_value_info("z_else", TensorProto.FLOAT, [5, 2])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["z"], then_branch=then, else_branch=other)], "g",
+                          [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2]),
+                           helper.make_tensor_value_info("u", TensorProto.FLOAT, [3, 2])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [5, 2])],
+                          [numpy_helper.from_array(np.arange(3, dtype=np.int64)[:, None], "i")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    out, _ = _optimized(m)
+    branches = {a.name: a.g for a in next(n for n in out.graph.node if n.op_type == "If").attribute}
+    assert any(n.op_type == "ScatterND" for n in branches["then_branch"].node)

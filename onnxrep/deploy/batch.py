@@ -107,7 +107,9 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     graph = import_model(model)
     types = infer_types(graph)
     namer = Namer(graph)
-    first_input = graph.inputs[0]
+    data_names = {vi.name for vi in inputs}     # not an initializer listed among the inputs (IR < 4)
+    data_inputs = [t for t in graph.inputs if t.name in data_names]
+    first_input = data_inputs[0]
     shape = gs.Variable(namer("onnxrep_batch/shape"), dtype=np.int64, shape=[len(first_input.shape)])
     batch = gs.Variable(namer("onnxrep_batch/batch"), dtype=np.int64, shape=[1])
     new_nodes = [gs.Node("Shape", namer("onnxrep_batch/Shape"), inputs=[first_input], outputs=[shape]),
@@ -126,6 +128,10 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                 continue
             if const_value(node.inputs[0]) is not None:
                 continue   # shapes a constant, not an activation
+            why = _not_the_batch(node, target, b0, types)
+            if why:
+                refused.append(why)
+                continue
             rest = gs.Constant(namer(f"{node.name}/rest"), np.asarray(target[1:], np.int64))
             full = gs.Variable(namer(f"{node.name}/shape_dynamic"), dtype=np.int64, shape=[target.size])
             new_nodes.append(gs.Node("Concat", namer(f"{node.name}/batch_shape"), attrs={"axis": 0},
@@ -136,7 +142,7 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
         raise OnnxrepError("--dynamic-batch: the batch is baked where it cannot be read at run time: "
                            + "; ".join(refused))
     graph.nodes.extend(new_nodes)
-    for vi in graph.inputs:
+    for vi in data_inputs:
         vi.shape = [BATCH] + list(vi.shape[1:])
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = from_graph(graph, model)
@@ -153,6 +159,20 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
                 dims[0].Clear()
                 dims[0].dim_param = BATCH
     return out, {"from": b0, "rewritten": rewritten}
+
+
+def _not_the_batch(node: gs.Node, target: np.ndarray, b0: int, types) -> str:
+    """Why entry 0 of this shape constant may not be the batch ('' when it is): Expand shapes align to the
+    right, Resize sizes with `axes` list only those axes, and the data's own first dim must be b0."""
+    dims = types.dims(node.inputs[0])
+    if node.op == "Expand" and (not dims or len(dims) != target.size):
+        return f"Expand {node.name!r}: its shape does not name every axis of its input"
+    axes = node.attrs.get("axes") if node.op == "Resize" else None
+    if axes is not None and (not dims or int(axes[0]) % len(dims) != 0):   # entry 0 sizes axis axes[0]
+        return f"Resize {node.name!r}: its sizes are for axes {list(axes)}"
+    if dims and isinstance(dims[0], (int, np.integer)) and dims[0] != b0:
+        return f"{node.op} {node.name!r}: its input's first dim is {dims[0]}, not the batch {b0}"
+    return ""
 
 
 def _refuse_batch_axis_ops(node: gs.Node, b0: int, refused: list, types) -> None:
@@ -189,7 +209,8 @@ def check_batches(model: onnx.ModelProto, feeds: list[dict], *, seed: int = 0, n
         singles.append(make_inputs(model, 1, seed + 101 + i, shapes)[0])
     ref = reference(model, feeds=singles)
     if not ref.ran:
-        return {"check": "batch", "ok": False, "line": f"dynamic batch: FAIL, {ref.skipped_reason}"}
+        return {"check": "batch", "ok": False,
+                "line": f"dynamic batch: FAIL, the model does not run at batch 1 ({ref.skipped_reason})"}
     from onnxrep.deploy.checks import _run
 
     worst, problems = 0.0, []

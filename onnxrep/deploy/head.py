@@ -51,9 +51,17 @@ class DetectionHead:
         return max(self.strides) if self.strides else None
 
 
+FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def _passes_values(node: gs.Node) -> bool:
+    """Identity, or a Cast to a float type (a float16 model's boundary); a Cast to int or bool is not."""
+    return is_std(node, "Identity") or (is_std(node, "Cast") and node.attrs.get("to") in FLOATS)
+
+
 def _through_casts(tensor: gs.Tensor) -> gs.Node | None:
     node = producer(tensor)
-    while node is not None and is_std(node, "Cast", "Identity"):
+    while node is not None and _passes_values(node):
         node = producer(node.inputs[0])
     return node
 
@@ -130,20 +138,25 @@ def recognise(graph: gs.Graph, tensor: gs.Tensor, index: int, types: Types) -> t
     return DetectionHead(tensor.name, index, int(nc), coding, dims[0] if dims else None, anchors, strides, int(elem)), ""
 
 
-def _channel_source(tensor: gs.Tensor, lo: int, hi: int, axis: int, types: Types, depth: int = 0):
-    """(node, lo, hi, axis): the node whose output holds channels [lo, hi) of `tensor` on `axis` unchanged,
-    followed through Concat, Split, Slice (step 1, on that axis only), Transpose, Identity and Cast; stops at the
-    first other op (that op's output holds them). None where the sizes are unknown."""
+def _channel_source(tensor: gs.Tensor, lo: int, hi: int, order: list, types: Types, depth: int = 0):
+    """(node, lo, hi, order): the node whose output holds channels [lo, hi) of the level tensor unchanged,
+    followed through Concat, Split, Slice (step 1, on the channel axis only), Transpose, Identity and float
+    Casts; it stops at the first other op (that op's output holds them). `order[k]` is the level axis that
+    axis k of `tensor` is (the channel axis is the one holding level axis 4); the caller requires the
+    identity at the end, so every score stays at its own anchor. None where sizes are unknown."""
     node = producer(tensor)
     dims = types.dims(tensor)
-    if node is None or depth > 64 or not dims:
+    if node is None or depth > 64 or not dims or len(dims) != len(order):
         return None
-    axis %= len(dims)
-    if is_std(node, "Identity", "Cast"):
-        return _channel_source(node.inputs[0], lo, hi, axis, types, depth + 1)
+    axis = order.index(len(order) - 1)
+    if _passes_values(node):
+        return _channel_source(node.inputs[0], lo, hi, order, types, depth + 1)
     if is_std(node, "Transpose"):
-        perm = node.attrs.get("perm") or list(range(len(dims)))[::-1]
-        return _channel_source(node.inputs[0], lo, hi, perm[axis], types, depth + 1)
+        perm = list(node.attrs.get("perm") or list(range(len(dims)))[::-1])
+        inner = [None] * len(perm)
+        for k, p in enumerate(perm):      # output axis k is input axis p
+            inner[p] = order[k]
+        return _channel_source(node.inputs[0], lo, hi, inner, types, depth + 1)
     if is_std(node, "Concat") and node.attrs.get("axis", 0) % len(dims) == axis:
         start = 0
         for t in node.inputs:
@@ -151,7 +164,7 @@ def _channel_source(tensor: gs.Tensor, lo: int, hi: int, axis: int, types: Types
             if not isinstance(size, (int, np.integer)):
                 return None
             if start <= lo and hi <= start + size:
-                return _channel_source(t, lo - start, hi - start, axis, types, depth + 1)
+                return _channel_source(t, lo - start, hi - start, order, types, depth + 1)
             start += int(size)
         return None
     if is_std(node, "Split") and node.attrs.get("axis", 0) % len(dims) == axis:
@@ -160,7 +173,7 @@ def _channel_source(tensor: gs.Tensor, lo: int, hi: int, axis: int, types: Types
         if sizes is None:
             return None
         begin = int(sum(list(np.asarray(sizes).reshape(-1))[:node.outputs.index(tensor)]))
-        return _channel_source(node.inputs[0], lo + begin, hi + begin, axis, types, depth + 1)
+        return _channel_source(node.inputs[0], lo + begin, hi + begin, order, types, depth + 1)
     if is_std(node, "Slice") and len(node.inputs) >= 4:
         starts, axes = const_value(node.inputs[1]), const_value(node.inputs[3])
         steps = const_value(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else None
@@ -175,8 +188,8 @@ def _channel_source(tensor: gs.Tensor, lo: int, hi: int, axis: int, types: Types
             if not isinstance(size, (int, np.integer)):
                 return None
             begin += int(size)
-        return _channel_source(node.inputs[0], lo + begin, hi + begin, axis, types, depth + 1)
-    return node, lo, hi, axis
+        return _channel_source(node.inputs[0], lo + begin, hi + begin, order, types, depth + 1)
+    return node, lo, hi, order
 
 
 def _recognise_objectness(graph: gs.Graph, tensor: gs.Tensor, index: int, types: Types):
@@ -194,8 +207,8 @@ def _recognise_objectness(graph: gs.Graph, tensor: gs.Tensor, index: int, types:
         if not ldims or len(ldims) != 5 or not all(isinstance(d, (int, np.integer)) for d in ldims[1:]):
             return None, "a level is not a Reshape of a static [B, na, ny, nx, 5+nc] tensor"
         no = no or int(ldims[4])
-        found = _channel_source(level, 4, no, 4, types) if int(ldims[4]) == no else None
-        if found is None or not is_std(found[0], "Sigmoid") or found[1:] != (4, no, len(ldims) - 1):
+        found = _channel_source(level, 4, no, list(range(5)), types) if int(ldims[4]) == no else None
+        if found is None or not is_std(found[0], "Sigmoid") or found[1:] != (4, no, list(range(5))):
             return None, "a level's objectness and class channels are not a Sigmoid's, unchanged"
         levels.append(ldims)
     if no is None or no < 6:

@@ -170,6 +170,8 @@ def make_inputs(model: onnx.ModelProto, samples: int = 2, seed: int = 0, shapes:
         feed = {}
         for vi in model.graph.input:
             if vi.name in init_names:
+                if model.ir_version < 4:   # before IR 4 an initializer listed as an input is no input at all
+                    continue
                 default = onnx.numpy_helper.to_array(defaults[vi.name])
                 if np.issubdtype(default.dtype, np.floating):
                     feed[vi.name] = (default * rng.uniform(0.5, 1.5, default.shape) + rng.normal(0, 0.1, default.shape)

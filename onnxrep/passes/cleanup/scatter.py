@@ -6,7 +6,7 @@ ScatterND whose indices enumerate every position of the slice: TorchScript as fu
 TensorRT users trip on ScatterND, and no runtime fuses it; the Concat of the untouched parts and the
 updates is the same tensor, exactly (a copy, no arithmetic).
 
-Preconditions: reduction none; the indices are a constant box ``I[u] = (lo_0 + u_0, ..., lo_q-1 + u_q-1)`` over
+Preconditions: in the top-level graph (where shape inference runs); reduction none; the indices are a constant box ``I[u] = (lo_0 + u_0, ..., lo_q-1 + u_q-1)`` over
 the first q axes, in C order, full on every axis but at most one (which must then be the slice ``a:b``);
 the dims of those q axes static (a full range must be the whole axis); updates of the matching shape.
 """
@@ -17,21 +17,22 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.ir.constants import const_value
-from onnxrep.ir.graph import Namer, is_std, iter_graphs, make_const
+from onnxrep.ir.graph import Namer, is_std, make_const
 from onnxrep.ir.shapes import Types, is_static
 from onnxrep.passes.base import PassResult
 
 
 def scatter_slices(graph: gs.Graph, types: Types, namer: Namer, result: PassResult, stats: dict) -> None:
-    for g in iter_graphs(graph):
-        for node in [n for n in g.nodes if is_std(n, "ScatterND")]:
-            plan = _check(node, types)
-            if isinstance(plan, str):
-                result.decline(node, plan)
-                continue
-            _rewrite(g, node, namer, *plan)
-            stats["ScatterND"] = stats.get("ScatterND", 0) + 1
-            result.applied()
+    # the top-level graph only: shape inference runs there; inside an If/Loop body the dims would come from
+    # the body's own value_info, which nothing checks (a stale entry would make a full range look full)
+    for node in [n for n in graph.nodes if is_std(n, "ScatterND")]:
+        plan = _check(node, types)
+        if isinstance(plan, str):
+            result.decline(node, plan)
+            continue
+        _rewrite(graph, node, namer, *plan)
+        stats["ScatterND"] = stats.get("ScatterND", 0) + 1
+        result.applied()
 
 
 def _check(node: gs.Node, types: Types):
