@@ -6,9 +6,10 @@ ScatterND whose indices enumerate every position of the slice: TorchScript as fu
 TensorRT users trip on ScatterND, and no runtime fuses it; the Concat of the untouched parts and the
 updates is the same tensor, exactly (a copy, no arithmetic).
 
-Preconditions: in the top-level graph (where shape inference runs); reduction none; the indices are a constant box ``I[u] = (lo_0 + u_0, ..., lo_q-1 + u_q-1)`` over
-the first q axes, in C order, full on every axis but at most one (which must then be the slice ``a:b``);
-the dims of those q axes static (a full range must be the whole axis); updates of the matching shape.
+Preconditions: in the top-level graph (where shape inference runs); reduction none; the indices are a
+constant box ``I[u] = (lo_0 + u_0, ..., lo_q-1 + u_q-1)`` over the first q axes, in C order, full on every
+axis but at most one (which must then be the slice ``a:b``); the dims of those q axes static (a full range
+must be the whole axis); updates of the matching shape.
 """
 
 from __future__ import annotations
