@@ -15,10 +15,7 @@ there (slower on CPUs without AVX-512-FP16); its value is size and the accelerat
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 import models  # noqa: E402
 import onnxrep  # noqa: E402
 from onnxrep.bench import run_bench  # noqa: E402
+from peer_benchmarks import rows as rows_mod  # noqa: E402
 from onnxrep.verify.inputs import make_inputs  # noqa: E402
 
 
@@ -73,10 +71,7 @@ def measure(name: str, imgsz: int, work: Path, threads: int, min_time: float) ->
     (agree,) = fp16.verification.agreements.values()
     bench = run_bench([str(paths["fp32"]), str(paths["fp16"])], labels=["fp32", "fp16"], threads=threads,
                       min_time=min_time, min_runs=5)
-    latency = {}
-    for cell in bench.results:
-        latency.setdefault(cell.runtime, {})[cell.model] = {"status": cell.status, "median_ms": cell.median_ms,
-                                                             "ratio": cell.ratio, "message": cell.message}
+    latency = rows_mod.latency(bench)
     kept = fp16.report.passes["to_float16"]["float16"]
     return {"model": name, "imgsz": imgsz, "status": fp16.status,
             "bytes": {k: p.stat().st_size for k, p in paths.items()},
@@ -110,32 +105,12 @@ def render(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} {r['imgsz']} | {b['fp32'] / 1e6:.1f} MB | {b['fp16'] / 1e6:.1f} MB | "
                          f"{b['fp16'] / b['fp32']:.3f} | {rt} | {ms[0]} | {ms[1]} | {ag['rate']:.2%} ({ag['ties']}) | "
                          f"{r['top_anchor_px']:.2f} | {r['top_anchor_score_rel']:.2%} | {kept} nodes |")
-    skipped = {rt["name"]: rt["reason"] for r in rows for rt in r["runtimes"] if not rt["ran"]}
-    if skipped:
-        lines += ["", "Not measured: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
+    lines += rows_mod.not_measured(rows)
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="yolov9-t,yolov9-c,yolov9-e")
-    ap.add_argument("--imgsz", type=int, default=640)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-time", type=float, default=3.0)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="onnxrep-f16-") as work:
-        for name in args.models.split(","):
-            print(f"float16: {name}", flush=True)
-            rows.append(measure(name, args.imgsz, Path(work), args.threads, args.min_time))
-    (out / "float16.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    text = render(rows)
-    (out / "float16.md").write_text(text)
-    print(text)
-    return 0
+    return rows_mod.main("float16", __doc__, measure, render, "yolov9-t,yolov9-c,yolov9-e", HERE / "results", argv, extra=())
 
 
 if __name__ == "__main__":

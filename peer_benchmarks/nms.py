@@ -14,10 +14,7 @@ conf 0.25, or a validation run at conf 0.001 lets far more through). Writes nms.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 import models  # noqa: E402
 import onnxrep  # noqa: E402
 from onnxrep.bench import run_bench  # noqa: E402
+from peer_benchmarks import rows as rows_mod  # noqa: E402
 from onnxrep.verify.inputs import make_inputs  # noqa: E402
 
 
@@ -61,10 +59,7 @@ def measure(name: str, imgsz: int, work: Path, threads: int, min_time: float, ca
                                                          providers=["CPUExecutionProvider"]).run(["num_dets"], feed)[0].sum())
     bench = run_bench([str(p) for p in paths.values()], labels=list(paths), threads=threads, min_time=min_time,
                       min_runs=5)
-    latency = {}
-    for cell in bench.results:
-        latency.setdefault(cell.runtime, {})[cell.model] = {"status": cell.status, "median_ms": cell.median_ms,
-                                                             "ratio": cell.ratio, "message": cell.message}
+    latency = rows_mod.latency(bench)
     return {"model": name, "imgsz": imgsz, "low_conf": low, "candidates": candidates, "detections": detections,
             "runtimes": list(bench.runtimes), "latency": latency}
 
@@ -85,33 +80,12 @@ def render(rows: list[dict]) -> str:
                 cand = "-" if label == "no NMS" else ("0" if label.endswith("0.25") else str(r["candidates"]))
                 dets = r["detections"].get(label, "-")
                 lines.append(f"| {r['model']} {r['imgsz']} | {rt} | {label} | {cand} | {dets} | {ms} | {ratio} |")
-    skipped = {rt["name"]: rt["reason"] for r in rows for rt in r["runtimes"] if not rt["ran"]}
-    if skipped:
-        lines += ["", "Not measured: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
+    lines += rows_mod.not_measured(rows)
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="yolov9-t,yolov9-c")
-    ap.add_argument("--imgsz", type=int, default=640)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-time", type=float, default=3.0)
-    ap.add_argument("--candidates", type=int, default=1000)
-    ap.add_argument("--out", default=str(HERE / "results"))
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="onnxrep-nms-") as work:
-        for name in args.models.split(","):
-            print(f"nms: {name}", flush=True)
-            rows.append(measure(name, args.imgsz, Path(work), args.threads, args.min_time, args.candidates))
-    (out / "nms.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    text = render(rows)
-    (out / "nms.md").write_text(text)
-    print(text)
-    return 0
+    return rows_mod.main("nms", __doc__, measure, render, "yolov9-t,yolov9-c", HERE / "results", argv, extra=(("--candidates", int, 1000),))
 
 
 if __name__ == "__main__":
