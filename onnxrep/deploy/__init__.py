@@ -83,16 +83,16 @@ def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
     """The adapted model (the input is not modified)."""
     options.validate()
     needs_head = options.nms or options.output_layout != "anchors-last"
-    head = None
     if needs_head:
         head = the_head(model, "--nms" if options.nms else "--output-layout")
-    elif options.names is not None or options.metadata:
+    else:   # for the metadata only (stride, names): a model without a head still gets the rest
         try:
             head = the_head(model, "--names")
         except OnnxrepError:
             if options.names is not None:
                 raise
-    result = Deployed(model=copy.deepcopy(model), options=options, head=head, base=model)
+            head = None
+    result = Deployed(model=copy.deepcopy(model), options=options, head=None, base=model)
     info = {}
     image_dims = None
     if options.input_format != "float" or options.bgr:
@@ -107,7 +107,7 @@ def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
     except OnnxrepError:
         pass
     settings = {}
-    if head is not None:
+    if needs_head:
         head = copy.copy(head)
         result.head = head
         if options.nms:
