@@ -274,7 +274,7 @@ def optimize(model, output_arg, output, in_place, force, no_verify, allow_unveri
     if output_arg and output and not io.same_file(Path(output_arg), output):
         raise OnnxrepError(f"two outputs: {output_arg} and -o {output}; give one")
     output = output or output_arg
-    _check_nms_options(pass_options)
+    _deploy_options(pass_options)
     bench_opts = {k: pass_options.pop(k) for k in ("bench", "runtimes", "threads")}  # ours, not optimize()'s
 
     out = Path(output) if output else io.default_output(model)
@@ -326,9 +326,9 @@ def optimize(model, output_arg, output, in_place, force, no_verify, allow_unveri
               + ("; written anyway (--force)" if force else "; nothing written"), EXIT_VERIFY_FAILED)
 
 
-def _check_nms_options(options: dict) -> None:
-    """NMS settings without --nms are a mistake, not something to ignore; --names is read here (one line on
-    a bad file, not a traceback from option parsing)."""
+def _deploy_options(options: dict) -> None:
+    """The deployment options checked and parsed: NMS settings without --nms are a mistake, not something to
+    ignore; shapes parsed; --names read here (one line on a bad file, not a traceback from option parsing)."""
     ctx = click.get_current_context()
     if not options.get("nms"):
         given = [f"--{k.replace('_', '-')}" for k in ("conf", "iou", "max_det", "class_agnostic")
