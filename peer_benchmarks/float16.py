@@ -29,18 +29,8 @@ import models  # noqa: E402
 import onnxrep  # noqa: E402
 from onnxrep.bench import run_bench  # noqa: E402
 from peer_benchmarks import rows as rows_mod  # noqa: E402
+from onnxrep.verify.detections import top_anchor_errors  # noqa: E402
 from onnxrep.verify.inputs import make_inputs  # noqa: E402
-
-
-def top_anchor_errors(ref: np.ndarray, got: np.ndarray, top: int = 100) -> tuple[float, float]:
-    """Largest box error (pixels) and score error relative to the score over the `top` best anchors."""
-    px = rel = 0.0
-    for r, g in zip(ref, got):
-        best = np.argsort(r[4:].max(0))[::-1][:top]
-        cls = r[4:].argmax(0)[best]
-        px = max(px, float(np.abs(r[:4, best] - g[:4, best]).max()))
-        rel = max(rel, float((np.abs(r[4 + cls, best] - g[4 + cls, best]) / r[4 + cls, best]).max()))
-    return px, rel
 
 
 def _ort(model: onnx.ModelProto, feed: dict) -> np.ndarray:

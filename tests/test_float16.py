@@ -19,7 +19,7 @@ import models
 import onnxrep
 from onnxrep.cli import main
 from onnxrep.verify import verify
-from onnxrep.verify.detections import agreement, detect
+from onnxrep.verify.detections import agreement, detect, top_anchor_errors
 from tests.graphs import init, make_model, vi
 from tests.test_random_graphs import random_models
 
@@ -386,6 +386,24 @@ def test_agreement_with_nothing_detected_and_overlapping_boxes():
     assert len(detect(ref[0], 0.25, 0.45, 300)) == 1
     a = agreement([ref], [ref.copy()], conf=0.25, min_detections=0)
     assert a.matched == 1 and a.rate == 1.0
+
+
+def test_top_anchor_errors_look_only_at_the_best_anchors_and_their_best_class():
+    boxes = [[50, 50, 20, 20], [150, 150, 20, 20], [250, 50, 20, 20]]
+    ref = _yolo(boxes, [[0.9, 0.1], [0.1, 0.5], [0.05, 0.0]])
+    new = ref.copy()
+    new[0, 0, 2] += 40.0           # a large box error at the worst anchor: outside the top 2
+    new[0, 4, 2] = 0.5             # and a large score error there
+    assert top_anchor_errors(ref, new, top=2) == (0.0, 0.0)
+    new[0, 1, 1] += 0.75           # a box error at the second best anchor
+    new[0, 5, 1] = 0.49            # its best class (1) moves 2 %; class 0 (not its best) moves a lot
+    new[0, 4, 1] = 0.9
+    px, rel = top_anchor_errors(ref, new, top=2)
+    assert px == pytest.approx(0.75) and rel == pytest.approx(0.02, rel=1e-5)
+    assert top_anchor_errors(ref, new, top=3)[0] == pytest.approx(40.0)
+    # a floor on the score drops the third anchor (0.05) even within the top 3, then the second (0.5)
+    assert top_anchor_errors(ref, new, top=3, min_score=0.1)[0] == pytest.approx(0.75)
+    assert top_anchor_errors(ref, new, top=3, min_score=0.6) == (0.0, 0.0)
 
 
 # ---------------------------------------------------------------- command line

@@ -167,7 +167,7 @@ def check_outputs(deployed, feeds: list[dict]) -> dict:
             ok2, wrong2, _, got2 = _compare(model, deployed, settings, before, source, feeds)
             exact_head, wrong = exact_head and ok2, wrong + [f"{w} at conf {settings.conf:.3g}" for w in wrong2]
             probe += (f"; at conf {settings.conf:.3g} too ({sum(int(np.asarray(g['num_dets']).sum()) for g in got2)} "
-                      f"detections: this model's scores are all small)")
+                      f"detections: too few scores reach {opts.conf:g} on these inputs)")
     ok = exact_head and not wrong and not bad
     what = (f"NMS {opts.nms} (conf {opts.conf:g}, iou {opts.iou:g}, max_det {opts.max_det}"
             f"{', class-agnostic' if opts.class_agnostic else ''})" if opts.nms

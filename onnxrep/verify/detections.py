@@ -91,7 +91,7 @@ class Agreement:
         return d
 
     def line(self) -> str:
-        conf = f"conf {self.conf:.3g}" + (" (lowered: this model's scores are all small)" if self.conf_lowered else "")
+        conf = f"conf {self.conf:.3g}" + (" (lowered: too few scores reach it on these inputs)" if self.conf_lowered else "")
         text = (f"detections: {self.rate:.2%} agree ({self.matched} matched, {self.disagreements} disagree, "
                 f"{self.ties} ties within the score error {self.eps:.2g}); mean IoU of matches {self.mean_iou:.4f}, "
                 f"max score difference {self.max_score_diff:.3g} [{conf}]")
@@ -163,3 +163,25 @@ def agreement(refs: list[np.ndarray], news: list[np.ndarray], *, conf: float = 0
     result.mean_iou = float(np.mean(ious)) if ious else 1.0
     result.max_score_diff = float(max(score_diffs)) if score_diffs else 0.0
     return result
+
+
+def top_anchor_errors(ref: np.ndarray, got: np.ndarray, top: int = 100,
+                      min_score: float = 0.0) -> tuple[float, float]:
+    """Largest box error (pixels) and score error relative to the score over the `top` best anchors.
+
+    ref, got: [B, 4+nc, A]. Per image, the anchors with the highest class score in ref, at most `top` of
+    them and only those scoring at least `min_score` (YOLO's mAP evaluation drops anchors below its conf,
+    0.001 in YOLOv9's val.py); at each, the largest difference of the four box values, and of ref's best
+    class score relative to that score.
+    """
+    px = rel = 0.0
+    for r, g in zip(np.asarray(ref, np.float64), np.asarray(got, np.float64)):
+        score = r[4:].max(0)
+        best = np.argsort(score)[::-1][:top]
+        best = best[score[best] >= min_score]
+        if not best.size:
+            continue
+        cls = r[4:].argmax(0)[best]
+        px = max(px, float(np.abs(r[:4, best] - g[:4, best]).max()))
+        rel = max(rel, float((np.abs(r[4 + cls, best] - g[4 + cls, best]) / r[4 + cls, best]).max()))
+    return px, rel
