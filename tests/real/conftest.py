@@ -3,8 +3,10 @@
 Needs the `real` extra (`pip install -e '.[real]'`, `make test-real`); skipped when torch or the model code
 is missing. Exports run in a subprocess (tests/real/export_models.py) and are cached per torch version in
 out/real-exports/, so a second run only optimizes. ONNXREP_REAL_MODELS picks the models: `quick` (the CI
-set: yolov9-t, gelan-t, the four timm families, two small YOLOv7-style nets), `all` (adds yolov9-s/m/c/e and
-the official yolov7-tiny, yolov7 and yolov7-w6 configurations), or a comma-separated list.
+set: yolov9-t, gelan-t, the four timm families, two small YOLOv7-style nets), `all` (adds yolov9-s/m/c/e,
+the official yolov7-tiny, yolov7 and yolov7-w6 configurations, and the trained models), or a comma-separated
+list. The trained models (`gelan-t-synth`, `yolov9-t-synth`: tests/real/train_synthetic.py, 16 and about 30
+minutes on 2 cores, cached in out/trained/) are for the float16 accuracy test, test_trained_fp16.py.
 """
 
 from __future__ import annotations
@@ -24,18 +26,29 @@ REPO = HERE.parent.parent
 QUICK = ["yolov9-t", "gelan-t", "repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050", "v7mini-idetect",
          "v7mini-iaux"]
 V7_FULL = ["yolov7-tiny", "yolov7", "yolov7-w6"]     # the official training configurations, full size
-ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"] + V7_FULL
+TRAINED = ["gelan-t-synth", "yolov9-t-synth"]   # trained on synthetic shapes (train_synthetic.py)
+ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"] + V7_FULL + TRAINED
 TIMM = {"repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050"}
 NO_OFFICIAL = TIMM | {"v7mini-idetect", "v7mini-iaux"} | set(V7_FULL)   # the official fuse()+TorchScript path is YOLOv9's
 
 
-def selected_models() -> list[str]:
+def _selection() -> list[str]:
     choice = os.environ.get("ONNXREP_REAL_MODELS", "quick")
     if choice == "quick":
         return QUICK
     if choice == "all":
         return ALL
     return [m for m in choice.split(",") if m]
+
+
+def selected_models() -> list[str]:
+    """The selected models that export_models.py builds with random weights."""
+    return [m for m in _selection() if m not in TRAINED]
+
+
+def selected_trained() -> list[str]:
+    """The selected models that train_synthetic.py trains."""
+    return [m for m in _selection() if m in TRAINED]
 
 
 V7 = {"v7mini-idetect", "v7mini-iaux"} | set(V7_FULL)
@@ -97,5 +110,28 @@ def real_export():
                     raise RuntimeError(f"exporting {model} failed:\n{proc.stderr[-3000:]}")
             done[model] = Export(root, model)
         return done[model]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def trained_model():
+    """get('gelan-t-synth') -> (path of the ONNX training-form export, its npz, its json): trained on first use."""
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    import torch
+
+    root = REPO / "out" / "trained" / torch.__version__.replace("+", "_")
+
+    def get(name: str):
+        model = name.removesuffix("-synth")
+        paths = [root / f"{name}.160.{ext}" for ext in ("onnx", "npz", "json")]
+        if not all(p.exists() for p in paths):
+            cmd = [sys.executable, "-I", str(HERE / "train_synthetic.py"), str(root), "--model", model, "--imgsz", "160"]
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
+            if proc.returncode:
+                raise RuntimeError(f"training {name} failed:\n{proc.stderr[-3000:]}")
+        return paths
 
     return get
