@@ -89,25 +89,37 @@ class Export:
         return self.info.get("main_outputs", [self.info["main_output"]])
 
 
-@pytest.fixture(scope="session")
-def real_export():
+def _cache(kind: str) -> Path:
+    """out/<kind>/<torch version>/, or skip the test when the real extra is missing."""
     reason = _missing()
     if reason:
         pytest.skip(reason)
     import torch
 
-    root = REPO / "out" / "real-exports" / torch.__version__.replace("+", "_")
+    root = REPO / "out" / kind / torch.__version__.replace("+", "_")
     root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _run_script(script: str, root: Path, args: list, what: str, timeout: int) -> None:
+    """tests/real/<script> root *args, in its own interpreter (the official code imports itself as `models`)
+    and in root (where an exporter's stray report files land)."""
+    cmd = [sys.executable, "-I", str(HERE / script), str(root), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def real_export():
+    root = _cache("real-exports")
     done: dict[str, Export] = {}
 
     def get(model: str) -> Export:
         if model not in done:
             wanted = forms_of(model) + ["deploy"] + (["deploy-grid"] if model in V7 else [])
             if not all((root / f"{model}.{f}.onnx").exists() for f in wanted) or not (root / f"{model}.json").exists():
-                cmd = [sys.executable, "-I", str(HERE / "export_models.py"), str(root), f"{model}:{','.join(forms_of(model))}"]
-                proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800)
-                if proc.returncode:
-                    raise RuntimeError(f"exporting {model} failed:\n{proc.stderr[-3000:]}")
+                _run_script("export_models.py", root, [f"{model}:{','.join(forms_of(model))}"], f"exporting {model}", 1800)
             done[model] = Export(root, model)
         return done[model]
 
@@ -117,21 +129,13 @@ def real_export():
 @pytest.fixture(scope="session")
 def trained_model():
     """get('gelan-t-synth') -> (path of the ONNX training-form export, its npz, its json): trained on first use."""
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    import torch
-
-    root = REPO / "out" / "trained" / torch.__version__.replace("+", "_")
+    root = _cache("trained")
 
     def get(name: str):
-        model = name.removesuffix("-synth")
         paths = [root / f"{name}.160.{ext}" for ext in ("onnx", "npz", "json")]
         if not all(p.exists() for p in paths):
-            cmd = [sys.executable, "-I", str(HERE / "train_synthetic.py"), str(root), "--model", model, "--imgsz", "160"]
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
-            if proc.returncode:
-                raise RuntimeError(f"training {name} failed:\n{proc.stderr[-3000:]}")
+            _run_script("train_synthetic.py", root, ["--model", name.removesuffix("-synth"), "--imgsz", 160],
+                        f"training {name}", 3600)
         return paths
 
     return get
