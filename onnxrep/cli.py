@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 internal error, 4 verification could not
 run (onnxruntime cannot run the original: nothing written unless --allow-unverified), 130 interrupted.
-Errors are one line on stderr; -v adds the traceback.
+Errors are one line on stderr; -v adds the traceback. Why one module over 400 lines: most of it is the
+option declarations and their help texts (one click decorator each); the logic is in onnxrep.optimize.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ passes, once the graph is final. Decided node by node, in topological order:
       - one of its weights would overflow float16;
       - the user named its op (``--fp32-ops``) or the node (``--fp32-nodes``);
   * graph inputs and outputs stay float32 by default (``keep_io_types``): one Cast after each input read
-    in float16, one before each output made in float16; without it they become float16.
+    in float16, one before each output made in float16; without it they become float16;
+  * a large float32 constant that a float32 Add/Sub/Mul/Div reads and float16 holds exactly (YOLO's anchor
+    grid and stride tables: halves and powers of two, 100 KB at 640) is stored in float16 and read
+    through one Cast to float32: the same values, half the bytes.
 One Cast per tensor and target type, shared by every reader, and never a Cast of a Cast: a tensor that is
 itself a cast of a float16 tensor is read at the source. The result is valid by construction (types follow
 each op's schema), which tests check with onnx.checker, shape inference, onnxruntime and OpenVINO.
@@ -38,6 +41,8 @@ from onnxrep.passes.base import Context, PassResult
 F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 F16_MAX, F16_TINY = 65504.0, 2.0 ** -14
 RANGE_LIMIT = 32768.0
+EXACT_MIN_ELEMENTS = 1024            # below this a stored-in-float16 table saves less than its Cast costs
+EXACT_READERS = {"Add", "Sub", "Mul", "Div"}
 ACCUMULATING = {"Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceLogSum",
                 "ReduceLogSumExp", "ReduceSumSquare", "ReduceProd", "LayerNormalization", "GroupNormalization",
                 "InstanceNormalization", "LpNormalization", "MeanVarianceNormalization", "CumSum"}
@@ -167,6 +172,7 @@ class ToFloat16:
                         o.dtype = np.float16
                     is16[id(o)] = True
             result.count += 1
+        exact = self._store_exact(graph, namer, as_type)
         self._outputs(graph, namer, is16)
         for t in graph.inputs + graph.outputs:
             t.dtype = np.float16 if is16.get(id(t)) else t.dtype
@@ -176,8 +182,36 @@ class ToFloat16:
                 half.name, old.name = old.name, half.name
         result.changed = bool(result.count)
         result.info["float16"] = {"nodes": result.count, "kept_float32": {r: len(v) for r, v in kept.items()},
-                                  "kept_nodes": kept, "weights_flushed_to_zero": flushed[0]}
+                                  "kept_nodes": kept, "weights_flushed_to_zero": flushed[0],
+                                  "exact_tables": exact}
         return result
+
+    @staticmethod
+    def _store_exact(graph: gs.Graph, namer: Namer, as_type) -> dict:
+        """float32 constants of EXACT_MIN_ELEMENTS or more read by float32 Add/Sub/Mul/Div, whose every value
+        float16 holds exactly: stored in float16 (the copy float16 readers share), read through one Cast."""
+        casts: dict[int, gs.Variable] = {}
+        saved = 0
+        interface = {id(t) for t in graph.inputs + graph.outputs}   # an input's default can be fed: not a table
+        for node in list(graph.nodes):
+            if not is_std(node) or node.op not in EXACT_READERS:
+                continue
+            for i, t in enumerate(node.inputs):
+                value = peek(t) if isinstance(t, gs.Constant) and id(t) not in interface else None
+                if value is None or value.dtype != np.float32 or value.size < EXACT_MIN_ELEMENTS:
+                    continue
+                with np.errstate(over="ignore"):
+                    if not np.array_equal(value.astype(np.float16).astype(np.float32), value):
+                        continue
+                half = as_type(t, True)
+                if id(half) not in casts:
+                    out = gs.Variable(namer(f"{t.name}_fp32"), dtype=np.float32, shape=list(value.shape))
+                    graph.nodes.append(gs.Node("Cast", name=namer(f"{t.name}/Cast"), attrs={"to": F32},
+                                               inputs=[half], outputs=[out]))
+                    casts[id(half)] = out
+                    saved += value.size * 2
+                node.inputs[i] = casts[id(half)]
+        return {"tables": len(casts), "bytes_saved": saved}
 
     def _keep_reason(self, node: gs.Node, opset: int, after_softmax: set, elem) -> str | None:
         if not is_std(node) or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
