@@ -56,7 +56,7 @@ def measure(name: str, imgsz: int, work: Path, threads: int, min_time: float) ->
         onnx.save(result.model, str(paths[label]))
     px = rel = 0.0
     for feed in make_inputs(fp32.model, 2, 11):   # other inputs than verification's
-        a, b = top_anchor_errors(_ort(fp32.model, feed), _ort(fp16.model, feed))
+        a, b, _ = top_anchor_errors(_ort(fp32.model, feed), _ort(fp16.model, feed))
         px, rel = max(px, a), max(rel, b)
     (agree,) = fp16.verification.agreements.values()
     bench = run_bench([str(paths["fp32"]), str(paths["fp16"])], labels=["fp32", "fp16"], threads=threads,

@@ -249,8 +249,44 @@ def test_exact_tables_are_stored_in_float16_and_read_through_one_cast():
     assert _cast_readers(result.model, "anchors") == _cast_readers(result.model, "strides") == 1
     assert not _casts_of_casts(result.model)
     info = result.report.passes["to_float16"]["float16"]["exact_tables"]
-    assert info == {"tables": 2, "bytes_saved": (anchors.size + strides.size) * 2}
+    # anchors: its float16 copy was there for `shift` already, so all of its float32 bytes are saved
+    assert info == {"tables": 2, "bytes_saved": anchors.nbytes + strides.size * 2}
     assert "2 float32 tables that float16 holds exactly" in result.report.text()
+    assert result.ok, result.verification.lines()
+
+
+def test_a_float16_result_with_tables_is_a_fixed_point():
+    """A second optimize changes nothing: canonicalize leaves the tables' Casts (folding doubles the bytes)."""
+    model = models.build("yolov9-t", "bn", imgsz=320)   # anchors [1, 2, 2100], strides [1, 2100]
+    first = _half(model, verify=False)
+    again = onnxrep.optimize(first.model, verify=False)
+    assert first.report.passes["to_float16"]["float16"]["exact_tables"]["tables"] == 2
+    assert again.model.ByteSize() == first.model.ByteSize()
+    assert sorted((t.name, t.data_type) for t in again.model.graph.initializer) == \
+           sorted((t.name, t.data_type) for t in first.model.graph.initializer)
+    assert "Cast not folded: a float16 table read as float32" in again.report.text()
+
+
+def test_a_table_another_float32_op_reads_stays_float32_once():
+    """Sub and Max read one exact table in float32: storing it in float16 would keep both copies."""
+    table = init("t", (np.arange(2048, dtype=np.float32) / 2).reshape(1, 2048))
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], name="soft", axis=1),
+             helper.make_node("Sub", ["p", "t"], ["d"], name="sub"),
+             helper.make_node("Max", ["p", "t"], ["m"], name="max")]
+    model = make_model(nodes, [vi("x", shape=[2, 2048])], [vi("d"), vi("m")], [table])
+    result = _half(model, passes=[])
+    _valid(result.model)
+    assert [(t.name, t.data_type) for t in result.model.graph.initializer] == [("t", TensorProto.FLOAT)]
+    assert result.report.passes["to_float16"]["float16"]["exact_tables"] == {"tables": 0, "bytes_saved": 0}
+
+
+def test_an_initializer_that_is_a_graph_output_keeps_its_type():
+    rng = np.random.default_rng(9)
+    a, ia = _conv("a", "x", "y", 4, rng)
+    model = make_model([a], [vi("x", shape=[1, 4, 6, 6])], [vi("y"), vi("a.b", shape=[4])], ia)
+    result = _half(model, passes=[])
+    _valid(result.model)
+    assert [o.type.tensor_type.elem_type for o in result.model.graph.output] == [TensorProto.FLOAT] * 2
     assert result.ok, result.verification.lines()
 
 
@@ -459,16 +495,34 @@ def test_top_anchor_errors_look_only_at_the_best_anchors_and_their_best_class():
     new = ref.copy()
     new[0, 0, 2] += 40.0           # a large box error at the worst anchor: outside the top 2
     new[0, 4, 2] = 0.5             # and a large score error there
-    assert top_anchor_errors(ref, new, top=2) == (0.0, 0.0)
+    assert top_anchor_errors(ref, new, top=2) == (0.0, 0.0, 2)
     new[0, 1, 1] += 0.75           # a box error at the second best anchor
     new[0, 5, 1] = 0.49            # its best class (1) moves 2 %; class 0 (not its best) moves a lot
     new[0, 4, 1] = 0.9
-    px, rel = top_anchor_errors(ref, new, top=2)
-    assert px == pytest.approx(0.75) and rel == pytest.approx(0.02, rel=1e-5)
+    px, rel, checked = top_anchor_errors(ref, new, top=2)
+    assert px == pytest.approx(0.75) and rel == pytest.approx(0.02, rel=1e-5) and checked == 2
     assert top_anchor_errors(ref, new, top=3)[0] == pytest.approx(40.0)
     # a floor on the score drops the third anchor (0.05) even within the top 3, then the second (0.5)
-    assert top_anchor_errors(ref, new, top=3, min_score=0.1)[0] == pytest.approx(0.75)
-    assert top_anchor_errors(ref, new, top=3, min_score=0.6) == (0.0, 0.0)
+    assert top_anchor_errors(ref, new, top=3, min_score=0.1)[::2] == (pytest.approx(0.75), 2)
+    assert top_anchor_errors(ref, new, top=3, min_score=0.6) == (0.0, 0.0, 1)
+    assert top_anchor_errors(ref, new, top=3, min_score=0.95) == (0.0, 0.0, 0)   # nothing checked: says so
+
+
+def test_top_anchor_errors_never_hide_nan_or_a_changed_zero_score():
+    boxes = [[50, 50, 20, 20], [150, 150, 20, 20]]
+    ref = _yolo(boxes, [[0.9, 0.0], [0.0, 0.0]])     # the second anchor scores 0
+    nan_box = ref.copy()
+    nan_box[0, 1, 1] = np.nan
+    nan_box[0, 0, 0] += 50.0
+    assert top_anchor_errors(ref, nan_box)[0] == np.inf
+    nan_score = ref.copy()
+    nan_score[0, 4, 0] = np.nan
+    assert top_anchor_errors(ref, nan_score)[1] == np.inf
+    zero = ref.copy()
+    assert top_anchor_errors(ref, zero) == (0.0, 0.0, 2)    # 0 -> 0 is no change
+    zero[0, 4, 1] = 0.01
+    zero[0, 4, 0] *= 1.5
+    assert top_anchor_errors(ref, zero)[1] == np.inf        # 0 -> 0.01 is no finite relative change
 
 
 # ---------------------------------------------------------------- command line

@@ -166,22 +166,29 @@ def agreement(refs: list[np.ndarray], news: list[np.ndarray], *, conf: float = 0
 
 
 def top_anchor_errors(ref: np.ndarray, got: np.ndarray, top: int = 100,
-                      min_score: float = 0.0) -> tuple[float, float]:
-    """Largest box error (pixels) and score error relative to the score over the `top` best anchors.
+                      min_score: float = 0.0) -> tuple[float, float, int]:
+    """(largest box error in pixels, largest score error relative to the score, anchors checked) over the
+    `top` best anchors of each image.
 
     ref, got: [B, 4+nc, A]. Per image, the anchors with the highest class score in ref, at most `top` of
     them and only those scoring at least `min_score` (YOLO's mAP evaluation drops anchors below its conf,
     0.001 in YOLOv9's val.py); at each, the largest difference of the four box values, and of ref's best
-    class score relative to that score.
+    class score relative to that score. A NaN or infinite difference, or a change of a zero score, is inf.
     """
     px = rel = 0.0
+    checked = 0
     for r, g in zip(np.asarray(ref, np.float64), np.asarray(got, np.float64)):
         score = r[4:].max(0)
         best = np.argsort(score)[::-1][:top]
         best = best[score[best] >= min_score]
         if not best.size:
             continue
+        checked += best.size
         cls = r[4:].argmax(0)[best]
-        px = max(px, float(np.abs(r[:4, best] - g[:4, best]).max()))
-        rel = max(rel, float((np.abs(r[4 + cls, best] - g[4 + cls, best]) / r[4 + cls, best]).max()))
-    return px, rel
+        box = np.abs(r[:4, best] - g[:4, best])
+        diff, size = np.abs(r[4 + cls, best] - g[4 + cls, best]), np.abs(r[4 + cls, best])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(diff == 0, 0.0, diff / size)
+        px = max(px, float(np.max(np.where(np.isfinite(box), box, np.inf))))
+        rel = max(rel, float(np.max(np.where(np.isfinite(relative), relative, np.inf))))
+    return px, rel, checked

@@ -131,11 +131,13 @@ def trained_model():
     """get('gelan-t-synth') -> (path of the ONNX training-form export, its npz, its json): trained on first use."""
     root = _cache("trained")
 
+    from tests.real.train_synthetic import VERSION
+
     def get(name: str):
         paths = [root / f"{name}.160.{ext}" for ext in ("onnx", "npz", "json")]
-        if not all(p.exists() for p in paths):
+        if not all(p.exists() for p in paths) or json.loads(paths[2].read_text()).get("version") != VERSION:
             _run_script("train_synthetic.py", root, ["--model", name.removesuffix("-synth"), "--imgsz", 160],
-                        f"training {name}", 3600)
+                        f"training {name}", 7200)
         return paths
 
     return get

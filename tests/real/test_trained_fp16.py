@@ -52,8 +52,9 @@ def test_the_training_worked_and_the_export_is_faithful(trained_model, name):
     print(f"\n{name}: recall {recall:.3f} of {len(data['classes'])} held-out objects; {info.read_text()}")
     assert recall >= 0.9, json.loads(info.read_text())
     model = onnx.load(str(path))
-    outs = run(model, data["images"])
-    assert np.abs(outs[-1] - data["output"]).max() <= 1e-3 * np.abs(data["output"]).max()
+    out, ref = run(model, data["images"])[-1], data["output"]   # float32 rounding: boxes 3e-4 px, scores 2e-6
+    assert np.abs(out[:, :4] - ref[:, :4]).max() <= 1e-5 * np.abs(ref[:, :4]).max()
+    assert np.abs(out[:, 4:] - ref[:, 4:]).max() <= 1e-4
 
 
 @pytest.mark.parametrize("name", selected_trained())
@@ -70,12 +71,12 @@ def test_float16_of_a_trained_model_meets_the_accuracy_criterion(trained_model, 
 
     ref, got = run(fp32.model, images)[0], run(fp16.model, images)[0]
     # the 100 best anchors of each image that score at least 0.001, the conf of YOLOv9's mAP evaluation
-    px, rel = top_anchor_errors(ref, got, top=100, min_score=0.001)
-    px_all, rel_all = top_anchor_errors(ref, got, top=100)
+    px, rel, checked = top_anchor_errors(ref, got, top=100, min_score=0.001)
+    px_all, rel_all, _ = top_anchor_errors(ref, got, top=100)
     agree = agreement([ref], [got], conf=0.25, min_detections=1)   # at the detect default, never lowered
     print(f"\n{name}: fp16/fp32 size {ratio:.4f}; 100 best anchors scoring >= 0.001: box {px:.3f} px, "
-          f"score {rel:.2%} (without the 0.001 floor: {px_all:.3f} px, {rel_all:.2%}); {agree.line()}")
-    assert px <= 1.0 and rel <= 0.03, (px, rel)
+          f"score {rel:.2%} ({checked} anchors; without the 0.001 floor: {px_all:.3f} px, {rel_all:.2%}); {agree.line()}")
+    assert px <= 1.0 and rel <= 0.03 and checked >= len(boxes), (px, rel, checked)   # an anchor per object at least
     assert not agree.conf_lowered and agree.matched >= 0.9 * len(boxes) and agree.rate >= 0.99, agree
-    (verified,) = fp16.verification.agreements.values()   # conf lowered there: 8 images hold < 20 objects
+    (verified,) = fp16.verification.agreements.values()   # on 8 images (conf lowered if < 20 detections)
     assert verified["rate"] >= 0.99 and verified["matched"] >= 20, verified

@@ -8,7 +8,8 @@ them a lot; a trained one is confident where there are objects. No trained check
 here, so this trains one: the official YOLOv9 code (``yolov9pip``, built from ``models/arch.py``'s tables
 as in export_models.py) and its own task-aligned loss (``utils/loss_tal.py``; ``loss_tal_dual.py`` for the
 dual-head yolov9-X), AdamW, on images of filled rectangles, ellipses and crosses (3 classes, 1-4 objects of
-12-45 % of the image, random colours, on smooth noisy backgrounds). Deterministic for a seed.
+12-45 % of the image, random colours, on smooth noisy backgrounds). Seeded (data and initialisation):
+two runs here ended at the same losses, though multithreaded CPU kernels promise no bit-identical weights.
 
 Writes OUTDIR/<model>-synth.<imgsz>.onnx (TorchScript exporter, eval mode, dynamic batch, opset 17: the
 training form, BN folded by the exporter, RepConvN branches and the aux head kept) and
@@ -30,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 NC = 3
+VERSION = 1   # of the data and the training: bump it when either changes, and cached models are retrained
 
 
 def synth_batch(rng: np.random.Generator, batch: int, size: int):
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     np.savez(path["npz"], images=imgs, output=out.numpy(), image_index=boxes[:, 0].astype(np.int64),
              classes=boxes[:, 1].astype(np.int64), boxes=boxes[:, 2:])
     path["json"].write_text(json.dumps({
-        "model": args.model, "imgsz": args.imgsz, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+        "version": VERSION, "model": args.model, "imgsz": args.imgsz, "steps": args.steps, "batch": args.batch, "lr": args.lr,
         "seed": args.seed, "final_loss_box_cls_dfl": np.mean(losses[-50:], axis=0).tolist(),
         "train_seconds": round(time.time() - t0, 1)}, indent=1))
     print(f"wrote {path['onnx']}")

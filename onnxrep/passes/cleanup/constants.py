@@ -16,7 +16,9 @@ Preconditions: no subgraph attributes, no random ops, no sequence/optional outpu
 output (an output stays produced by a node); results of types numpy can't hold exactly (bfloat16, float8,
 int4) are not computed. A result much larger than the constants it replaces (ConstantOfShape / Expand / Tile
 making a big tensor) is not folded unless every reader takes it as a weight anyway (Conv, Gemm, BN...).
-The folded initializer takes the output tensor's name, so folding twice changes nothing.
+A float32 Cast of a float16 table that no weight slot reads stays (to_float16 stores tables float16 holds
+exactly so: folding would double their bytes). The folded initializer takes the output tensor's name, so
+folding twice changes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from onnxrep.ir.dims import DimRoots
 from onnxrep.ir.private_api import constant_attr_export_dtype, elem_type, nbytes
 from onnxrep.ir.shapes import Types, is_static, shape_entries
 from onnxrep.passes.cleanup.noops import bypass
+from onnxrep.passes.float16 import EXACT_MIN_ELEMENTS
 
 # Sequence / optional / control-flow ops: their values aren't tensors (SplitToSequence has its own rewrite).
 _NOT_FOLDED = RANDOM | {"Identity", "Constant", "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty",
@@ -254,6 +257,9 @@ def _fold_node(graph, node, opset, types, result, stats) -> None:
         return
     if not _foldable_outputs(graph, node) or not all(_numpy_exact(t.export_dtype) for t in inputs):
         return
+    if _compact_table(node):
+        result.decline(node, "Cast not folded: a float16 table read as float32 (stored at half the bytes)")
+        return
     outs = _evaluate(node, opset)
     if isinstance(outs, str):
         result.decline(node, f"{node.op} not folded: {outs}")
@@ -273,6 +279,17 @@ def _fold_node(graph, node, opset, types, result, stats) -> None:
     _replace_with_constant(graph, node, outs)
     stats["folded"] = stats.get("folded", 0) + 1
     result.applied()
+
+
+def _compact_table(node: gs.Node) -> bool:
+    """Cast(to float32) of a float16 table of EXACT_MIN_ELEMENTS or more that no weight slot reads: how
+    to_float16 stores the tables float16 holds exactly. Folding it would only double the bytes."""
+    if node.op != "Cast" or node.attrs.get("to") != onnx.TensorProto.FLOAT:
+        return False
+    src = node.inputs[0]
+    return (np.dtype(src.export_dtype) == np.float16 and int(np.prod(src.shape)) >= EXACT_MIN_ELEMENTS
+            and not all((r.op, i) in _WEIGHT_SLOTS for o in node.outputs for r in o.outputs
+                        for i, t in enumerate(r.inputs) if t is o))
 
 
 def _evaluate(node: gs.Node, opset: int) -> list[np.ndarray] | str:
