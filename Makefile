@@ -32,7 +32,7 @@ test-all: install
 # The real-exporter tier: models built by their own PyTorch code (official YOLOv9 and YOLOv7, timm), exported
 # by PyTorch's exporters, optimized with defaults. REAL=quick (yolov9-t, gelan-t, four timm families, two
 # small YOLOv7s; the CI set) or REAL=all (adds yolov9-s/m/c/e, the official YOLOv7 configurations and the two
-# models trained on synthetic shapes for the float16 test: about 45 minutes of training on 2 cores the first
+# models trained on synthetic shapes for the float16 test: about an hour of training on 2 cores the first
 # time), or a list. Exports are cached in out/real-exports/, trained models in out/trained/.
 REAL ?= all
 install-real: $(VENV)/.installed-real

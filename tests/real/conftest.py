@@ -5,7 +5,7 @@ is missing. Exports run in a subprocess (tests/real/export_models.py) and are ca
 out/real-exports/, so a second run only optimizes. ONNXREP_REAL_MODELS picks the models: `quick` (the CI
 set: yolov9-t, gelan-t, the four timm families, two small YOLOv7-style nets), `all` (adds yolov9-s/m/c/e,
 the official yolov7-tiny, yolov7 and yolov7-w6 configurations, and the trained models), or a comma-separated
-list. The trained models (`gelan-t-synth`, `yolov9-t-synth`: tests/real/train_synthetic.py, 16 and about 30
+list. The trained models (`gelan-t-synth`, `yolov9-t-synth`: tests/real/train_synthetic.py, 16 and 38
 minutes on 2 cores, cached in out/trained/) are for the float16 accuracy test, test_trained_fp16.py.
 """
 
