@@ -79,6 +79,15 @@ def _slots(node: gs.Node, opset: int):
     return [i for i, v in slot_type.items() if v == var], allows.get(var, False), slot_type, outs, shared, allows
 
 
+def _add_cast(graph: gs.Graph, namer: Namer, t: gs.Tensor, want16: bool, base: str) -> gs.Variable:
+    """A new Cast of `t` to float16 (want16) or float32; its output, named after `base`."""
+    out = gs.Variable(namer(f"{base}_{'fp16' if want16 else 'fp32'}"), dtype=np.float16 if want16 else np.float32,
+                      shape=t.shape)
+    graph.nodes.append(gs.Node("Cast", name=namer(f"{base}/Cast"), attrs={"to": F16 if want16 else F32},
+                               inputs=[t], outputs=[out]))
+    return out
+
+
 class ToFloat16:
     name = "to_float16"
 
@@ -121,10 +130,7 @@ class ToFloat16:
                 return src.inputs[0]
             key = (id(t), want16)
             if key not in casts:
-                out = gs.Variable(namer(f"{t.name}_{'fp16' if want16 else 'fp32'}"),
-                                  dtype=np.float16 if want16 else np.float32, shape=t.shape)
-                graph.nodes.append(gs.Node("Cast", name=namer(f"{t.name}/Cast"), attrs={"to": F16 if want16 else F32},
-                                           inputs=[t], outputs=[out]))
+                out = _add_cast(graph, namer, t, want16, t.name)
                 is16[id(out)] = want16
                 casts[key] = out
             return casts[key]
@@ -209,10 +215,7 @@ class ToFloat16:
                     if not np.array_equal(value.astype(np.float16).astype(np.float32), value):
                         continue
                 shared = id(t) in consts
-                half = as_type(t, True)
-                out = gs.Variable(namer(f"{t.name}_fp32"), dtype=np.float32, shape=list(value.shape))
-                graph.nodes.append(gs.Node("Cast", name=namer(f"{t.name}/Cast"), attrs={"to": F32},
-                                           inputs=[half], outputs=[out]))
+                out = _add_cast(graph, namer, as_type(t, True), False, t.name)
                 for reader in list(t.outputs):
                     for i, x in enumerate(list(reader.inputs)):
                         if x is t:

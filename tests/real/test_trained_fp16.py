@@ -20,7 +20,7 @@ import onnx
 import pytest
 
 import onnxrep
-from onnxrep.verify.detections import agreement, top_anchor_errors
+from onnxrep.verify.detections import _boxes, _iou, agreement, top_anchor_errors
 from tests.real.conftest import selected_trained
 from tests.real.test_real_exports import run
 from tests.real.train_synthetic import synth_batch
@@ -32,14 +32,10 @@ def _recall(out: np.ndarray, data: dict) -> float:
     """Share of the ground-truth objects that some anchor finds: that class scored >= 0.25, box IoU >= 0.5."""
     found = total = 0
     for b in range(out.shape[0]):
-        cx, cy, w, h = out[b, :4].astype(np.float64)
-        pred = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+        pred = _boxes(out[b])
         for box, cls in zip(data["boxes"][data["image_index"] == b], data["classes"][data["image_index"] == b]):
-            lo, hi = np.maximum(pred[:, :2], box[:2]), np.minimum(pred[:, 2:], box[2:])
-            inter = np.prod(np.clip(hi - lo, 0, None), 1)
-            iou = inter / (np.prod(pred[:, 2:] - pred[:, :2], 1) + np.prod(box[2:] - box[:2]) - inter)
             total += 1
-            found += bool(np.any((iou >= 0.5) & (out[b, 4 + cls] >= 0.25)))
+            found += bool(np.any((_iou(box, pred) >= 0.5) & (out[b, 4 + cls] >= 0.25)))
     return found / total
 
 

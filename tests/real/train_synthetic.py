@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 NC = 3
 VERSION = 1   # of the data and the training: bump it when either changes, and cached models are retrained
 
 
 def synth_batch(rng: np.random.Generator, batch: int, size: int):
-    """Images [B,3,S,S] in [0,1] and targets [n,6] (image, class, cx, cy, w, h; normalised)."""
+    """Images [B,3,S,S] in [0,1], targets [n,6] (image, class, cx, cy, w, h; normalised) and boxes [n,6]
+    (image, class, x1, y1, x2, y2; pixels)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     imgs, targets, boxes = [], [], []
     for b in range(batch):
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    sys.path.insert(0, str(HERE))   # export_models.py, only when run as a script (the tests import synth_batch)
     if args.threads:
         torch.set_num_threads(args.threads)
     import export_models as em
