@@ -6,7 +6,9 @@ ScatterND whose indices enumerate every position of the slice: TorchScript as fu
 TensorRT users trip on ScatterND, and no runtime fuses it; the Concat of the untouched parts and the
 updates is the same tensor, exactly (a copy, no arithmetic).
 
-Preconditions: in the top-level graph (where shape inference runs); reduction none; the indices are a
+Preconditions: a live node (fold_constants, earlier in the same sweep, disconnects a ScatterND it folds, e.g.
+a table built in place from constants, and the node stays in ``graph.nodes`` until dead-code elimination);
+in the top-level graph (where shape inference runs); reduction none; the indices are a
 constant box ``I[u] = (lo_0 + u_0, ..., lo_q-1 + u_q-1)`` over the first q axes, in C order, full on every
 axis but at most one (which must then be the slice ``a:b``); the dims of those q axes static (a full range
 must be the whole axis); updates of the matching shape.
@@ -26,7 +28,8 @@ from onnxrep.passes.base import PassResult
 def scatter_slices(graph: gs.Graph, types: Types, namer: Namer, result: PassResult, stats: dict) -> None:
     # the top-level graph only: shape inference runs there; inside an If/Loop body the dims would come from
     # the body's own value_info, which nothing checks (a stale entry would make a full range look full)
-    for node in [n for n in graph.nodes if is_std(n, "ScatterND")]:
+    # a node another rule of this sweep disconnected (its inputs and outputs cleared) is gone: skip it
+    for node in [n for n in graph.nodes if is_std(n, "ScatterND") and n.outputs]:
         plan = _check(node, types)
         if isinstance(plan, str):
             result.decline(node, plan)
