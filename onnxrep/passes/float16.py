@@ -20,6 +20,11 @@ passes, once the graph is final. Decided node by node, in topological order:
   * a large float32 constant that a float32 Add/Sub/Mul/Div reads and float16 holds exactly (YOLO's anchor
     grid and stride tables: halves and powers of two, 100 KB at 640) is stored in float16 and read
     through one Cast to float32: the same values, half the bytes.
+Every tensor of one type variable of the op's schema gets one type (float16_types.choose): a node kept in
+float32 reads float16 only where its schema allows it, no output shares the variable and nothing would round
+(Shape's data, a comparison of float16 activations with 0.5), else its float16 inputs are cast back.
+Subgraphs (If, Loop, Scan) stay float32 as written: an outer-scope tensor that became float16 is read, at
+any depth, through its float32 Cast.
 One Cast per tensor and target type, shared by every reader, and never a Cast of a Cast: a tensor that is
 itself a cast of a float16 tensor is read at the source. The result is valid by construction (types follow
 each op's schema), which tests check with onnx.checker, shape inference, onnxruntime and OpenVINO.
@@ -37,6 +42,7 @@ from onnxrep.ir.graph import Namer, is_std, model_opset, producer
 from onnxrep.ir.private_api import peek
 from onnxrep.ir.shapes import infer_types
 from onnxrep.passes.base import Context, PassResult
+from onnxrep.passes.float16_types import F16_TYPE, Signature, choose, exact_in_float16, signature
 
 F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 F16_MAX, F16_TINY = 65504.0, 2.0 ** -14
@@ -56,27 +62,11 @@ class Float16Options:
     ranges: dict = field(default_factory=dict)   # tensor name -> max |value| measured with the float32 model
 
 
-def _slots(node: gs.Node, opset: int):
-    """(input slot indices of the output's type variable, that variable allows float16, input slot -> its
-    type variable or fixed type, the output slots of that variable), or None for an op without a schema."""
-    try:
-        schema = onnx.defs.get_schema(node.op, opset, "")
-    except Exception:  # noqa: BLE001 -- unknown op: leave it as it is
-        return None
-    if not schema.outputs:
-        return None
-    allows = {t.type_param_str: "tensor(float16)" in t.allowed_type_strs for t in schema.type_constraints}
-    var = schema.outputs[0].type_str
-    slot_type = {}
-    for i in range(len(node.inputs)):
-        formal = schema.inputs[min(i, len(schema.inputs) - 1)] if schema.inputs else None
-        if formal is None or (i >= len(schema.inputs) and formal.option != onnx.defs.OpSchema.FormalParameterOption.Variadic):
-            return None
-        slot_type[i] = formal.type_str
-    outs = [j for j in range(len(node.outputs))
-            if schema.outputs[min(j, len(schema.outputs) - 1)].type_str == var]
-    shared = {v for o in schema.outputs for v in [o.type_str]}
-    return [i for i, v in slot_type.items() if v == var], allows.get(var, False), slot_type, outs, shared, allows
+def _computes16(node: gs.Node, sig: Signature | None, is_float) -> bool:
+    """The node's first output is of a type variable that allows float16 and binds a float input."""
+    if sig is None or not sig.outputs or not sig.is_var(sig.outputs[0]) or not sig.allows16[sig.outputs[0]]:
+        return False
+    return any(node.inputs[i].name and is_float(node.inputs[i]) for i in sig.inputs_of(sig.outputs[0]))
 
 
 def _add_cast(graph: gs.Graph, namer: Namer, t: gs.Tensor, want16: bool, base: str) -> gs.Variable:
@@ -118,9 +108,9 @@ class ToFloat16:
                     return t
                 if id(t) not in consts:
                     value = peek(t)
-                    half = value.astype(np.float16)
-                    flushed[0] += int(np.count_nonzero((value != 0) & (half == 0)))
-                    consts[id(t)] = (t, gs.Constant(namer(f"{t.name}_fp16"), half))
+                    value16 = value.astype(np.float16)
+                    flushed[0] += int(np.count_nonzero((value != 0) & (value16 == 0)))
+                    consts[id(t)] = (t, gs.Constant(namer(f"{t.name}_fp16"), value16))
                 return consts[id(t)][1]
             if is16.get(id(t), False) == want16:
                 return t
@@ -140,46 +130,62 @@ class ToFloat16:
                 if elem(t) == F32:
                     t.dtype = np.float16
                     is16[id(t)] = True
+        def half(t: gs.Tensor) -> bool:
+            return bool(is16.get(id(t)))
+
+        def is_float(t: gs.Tensor) -> bool:   # a tensor this pass manages: float32 in the model, or made float16
+            return half(t) or elem(t) == F32
+
+        def exact16(t: gs.Tensor) -> bool:
+            return exact_in_float16(t, peek(t) if isinstance(t, gs.Constant) else None)
+
+        def bind(node: gs.Node, sig: Signature | None, compute16: bool) -> None:
+            """Every tensor of one type variable gets the one type `choose` picks; outputs follow."""
+            if sig is None:   # no schema to read: float32 in, as before
+                for i, t in enumerate(list(node.inputs)):
+                    if t.name and half(t):
+                        node.inputs[i] = as_type(t, False)
+                return
+            chosen = choose(sig, node, compute16, half, is_float, exact16)
+            for i, t in enumerate(list(node.inputs)):
+                if t.name and is_float(t):
+                    v = sig.inputs[i]
+                    want16 = chosen[v] if sig.is_var(v) else v == F16_TYPE
+                    if half(t) != want16:
+                        node.inputs[i] = as_type(t, want16)
+            for j, o in enumerate(node.outputs):
+                if chosen.get(sig.outputs[j]) and types.elem(o) in (F32, 0):
+                    if o.dtype is not None:   # typed in the file: stays typed (untyped ones add no value_info)
+                        o.dtype = np.float16
+                    is16[id(o)] = True
+
         after_softmax: set[int] = set()
         for node in list(graph.nodes):
+            self._feed_subgraphs(node, as_type, half)
             floats = [t for t in node.inputs if t.name and (elem(t) in (F32, F16) or is16.get(id(t)))]
             if not floats and not any(types.elem(o) == F32 for o in node.outputs):
                 continue
+            sig = signature(node, opset)
             if not any(types.elem(o) in (F32, F16) for o in node.outputs):   # Shape, Size, comparisons...
                 if any(id(t) in after_softmax for t in node.inputs) and node.op not in ("Shape", "Size"):
                     after_softmax.update(id(o) for o in node.outputs)
-                self._feed_float32(node, _slots(node, opset), as_type, is16)
+                bind(node, sig, False)
                 continue
             reason = self._keep_reason(node, opset, after_softmax, elem)
-            slots = _slots(node, opset) if reason is None else None
-            if reason is None and (slots is None or not slots[1] or not slots[0]):
-                reason = "its type can't be float16" if slots is not None else "no schema"
+            if reason is None and not _computes16(node, sig, is_float):
+                reason = "its type can't be float16" if sig is not None else "no schema"
             if reason is not None:
                 if node.op in ("Softmax", "LogSoftmax") or any(id(t) in after_softmax for t in node.inputs):
                     after_softmax.update(id(o) for o in node.outputs if node.op not in ("Shape", "Size"))
                 label = node.name or node.op
                 kept.setdefault(reason, []).append(f"{label} ({self._peaks[node.name]:.3g})"
                                                    if node.name in self._peaks else label)
-                self._feed_float32(node, slots or _slots(node, opset), as_type, is16)
+                bind(node, sig, False)
                 continue
-            t_slots, _, slot_type, out_slots, _, allows = slots
-            for i in t_slots:
-                t = node.inputs[i]
-                if t.name and elem(t) in (F32, F16):
-                    node.inputs[i] = as_type(t, True)
-            for i, v in slot_type.items():   # other float slots: float32 unless their own type allows float16
-                t = node.inputs[i]
-                if i not in t_slots and t.name and is16.get(id(t)) and not allows.get(v, False):
-                    node.inputs[i] = as_type(t, False)
-            for j in out_slots:
-                o = node.outputs[j]
-                if types.elem(o) in (F32, 0):
-                    if o.dtype is not None:   # typed in the file: stays typed (untyped ones add no value_info)
-                        o.dtype = np.float16
-                    is16[id(o)] = True
+            bind(node, sig, True)
             result.count += 1
         exact = self._store_exact(graph, namer, as_type, consts)
-        self._outputs(graph, namer, is16)
+        self._outputs(graph, namer, is16, is_float)
         for t in graph.inputs + graph.outputs:
             if not isinstance(t, gs.Constant):   # an initializer that is a graph output keeps its type
                 t.dtype = np.float16 if is16.get(id(t)) else t.dtype
@@ -256,23 +262,21 @@ class ToFloat16:
         return None
 
     @staticmethod
-    def _feed_float32(node: gs.Node, slots, as_type, is16) -> None:
-        """A float32 node: inputs that became float16 are cast back, unless their slot takes float16 as
-        well and no output shares its type (Shape's data, Cast's input)."""
-        for i, t in enumerate(list(node.inputs)):
-            if not t.name or not is16.get(id(t)):
-                continue
-            if slots is not None:
-                _, _, slot_type, _, out_vars, allows = slots
-                v = slot_type.get(i)
-                if v is not None and allows.get(v, False) and v not in out_vars:
-                    continue
-            node.inputs[i] = as_type(t, False)
+    def _feed_subgraphs(node: gs.Node, as_type, half) -> None:
+        """Subgraphs stay float32 as written: every read of an outer-scope tensor that became float16, at
+        any depth (a Loop in an If's branch), reads its float32 Cast instead, made in the outer graph before
+        `node` (the tensors of a subgraph never become float16; ONNX forbids an outer-scope tensor as a
+        subgraph output, so every read is a node's)."""
+        for sub in node.subgraphs(recursive=True):
+            for inner in sub.nodes:
+                for i, t in enumerate(list(inner.inputs)):
+                    if t.name and half(t):
+                        inner.inputs[i] = as_type(t, False)
 
-    def _outputs(self, graph: gs.Graph, namer: Namer, is16: dict) -> None:
-        """Graph outputs keep float32 (keep_io_types) or become float16: one Cast at the boundary."""
+    def _outputs(self, graph: gs.Graph, namer: Namer, is16: dict, is_float) -> None:
+        """Float graph outputs keep float32 (keep_io_types) or become float16: one Cast at the boundary."""
         for k, out in enumerate(list(graph.outputs)):
-            if bool(is16.get(id(out))) != self.o.keep_io_types:
+            if not is_float(out) or bool(is16.get(id(out))) != self.o.keep_io_types:
                 continue   # already the type the interface wants
             want16 = not self.o.keep_io_types
             src = producer(out)
