@@ -20,7 +20,9 @@ Preconditions (each failure is a reason in the notes):
   * the intermediate tensor feeds only the folded pair and is not a graph output;
   * weights, biases and the four BN parameters are constants (initializer, Constant node, Identity
     alias or a constant-foldable chain), never graph inputs;
-  * BN parameters have one value per channel.
+  * BN parameters have one value per channel;
+  * a Mul/Add/Sub/Div's constant does not grow x by broadcasting: its output has x's own shape (rank and
+    every dim), else re-wiring the linear op to x would change what it reads (``x[1,1,H,W] * c[1,3,1,1]``).
 A shared weight is never modified: the folded weight is always a new tensor with a fresh name.
 """
 

@@ -7,7 +7,12 @@ and an elementwise Mul, Add, Sub or Div with one constant operand c that varies 
 (a scalar, [C], [C, 1, 1], [1, C, 1, 1]...): Mul s = c; Add t = c; Sub(x, c) t = -c; Sub(c, x) s = -1, t = c;
 Div(x, c) s = 1/c. YOLOv7's implicit knowledge (Add(ImplicitA) before, Mul(ImplicitM) after a Conv),
 PP-YOLOE+'s branch alpha, a /255 before the first Conv, RepViT's averaged heads (Div by 2) are such nodes.
-All in float64."""
+All in float64.
+
+Only a node whose output has x's own shape is an affine of x: ``x[1, 1, H, W] * c[1, 3, 1, 1]`` is
+[1, 3, H, W], and a fold that re-wires the linear op to x would feed it 1 channel where it wants 3 (the same
+for ``x[N, 1] * c[1, K]`` before a Gemm). So every axis of c must be 1 or equal x's (static) size there, and
+c's rank at most x's; a symbolic or unknown size of x where c has more than 1 is declined (it may be 1)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep.ir.constants import const_value
 from onnxrep.ir.graph import is_graph_output, np_dtype
+from onnxrep.ir.shapes import is_static
 
 
 def bn_training_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
@@ -56,22 +62,62 @@ def affine_input(node: gs.Node) -> gs.Tensor:
     return node.inputs[1 - constant_operand(node)]
 
 
-def affine_of(node: gs.Node, types=None) -> tuple[np.ndarray, np.ndarray] | str:
-    """(s, t), float64 vectors along axis 1 (length C, or 1 when the same for every channel), or why not."""
+def known_dims(tensor: gs.Tensor, types=None) -> tuple | None:
+    """The tensor's dims, each the static size that gs or shape inference knows, else what either says
+    (a symbolic name, or None); None when the rank is unknown or the two disagree on it."""
+    have = tensor.shape
+    found = types.dims(tensor) if types is not None else None
+    if have is None or found is None:
+        dims = have if have is not None else found
+        return None if dims is None else tuple(dims)
+    if len(have) != len(found):
+        return None
+    return tuple(a if is_static(a) else b if is_static(b) else a if a is not None else b for a, b in zip(have, found))
+
+
+def broadcast_reason(op: str, dims: tuple, c_shape: tuple) -> str | None:
+    """Why op(x, c) may not have x's shape (a broadcast that grows x is no affine of it), or None."""
+    rank = len(dims)
+    if len(c_shape) > rank:
+        return f"{op} constant of shape {list(c_shape)} on a rank-{rank} input (not per channel of axis 1)"
+    for axis in range(rank - len(c_shape), rank):
+        d, n = dims[axis], c_shape[axis - rank + len(c_shape)]
+        if n == 1 or (is_static(d) and d == n):
+            continue
+        if is_static(d) and d == 1:
+            return f"{op} constant of shape {list(c_shape)} broadcasts its input's axis {axis} from 1 to {n}"
+        if is_static(d):
+            return f"{op} constant of shape {list(c_shape)} does not fit its input's axis {axis} of size {d}"
+        size = "unknown" if d is None else repr(d)
+        return (f"{op} constant of shape {list(c_shape)} meets its input's axis {axis} of {size} size: "
+                f"it may broadcast it from 1 to {n}")
+    return None
+
+
+def affine_of(node: gs.Node, types=None, channels: int | None = None) -> tuple[np.ndarray, np.ndarray] | str:
+    """(s, t), float64 vectors along axis 1 (length C, or 1 when the same for every channel), or why not.
+
+    `channels`: x's size on axis 1 when its producer says it (a Conv's output channels), for shapes that
+    inference left symbolic."""
     if node.op == "BatchNormalization":
         return bn_scale_shift(node)
     k = constant_operand(node)
     x = node.inputs[1 - k]
     c = np.asarray(const_value(node.inputs[k]), dtype=np.float64)
-    dims = x.shape if x.shape is not None else (types.dims(x) if types is not None else None)
+    dims = known_dims(x, types)
     if dims is None:
         return f"{node.op}: the rank of its input is unknown"
     rank = len(dims)
     if rank < 2 or c.ndim > rank:
         return f"{node.op} constant of shape {list(c.shape)} on a rank-{rank} input (not per channel of axis 1)"
+    if channels is not None and not is_static(dims[1]):
+        dims = dims[:1] + (channels,) + dims[2:]
     padded = (1,) * (rank - c.ndim) + c.shape
     if any(d != 1 for i, d in enumerate(padded) if i != 1):
         return f"{node.op} constant of shape {list(c.shape)} varies along another axis than the channels"
+    reason = broadcast_reason(node.op, dims, c.shape)
+    if reason:
+        return reason
     c = c.reshape(-1)
     one, zero = np.ones(1), np.zeros(1)
     if node.op == "Mul":

@@ -38,11 +38,12 @@ class ConvThenBatchNorm:
         params = weight_and_bias(conv)
         if isinstance(params, str):
             return params
-        affine = affine_of(bn, types)
+        weight, bias = params
+        channels = out_channels(weight.shape, conv.op, int(conv.attrs.get("group", 1)))
+        affine = affine_of(bn, types, channels)   # x is the Conv's output: it has `channels` channels
         if isinstance(affine, str):
             return affine
-        weight, bias = params
-        affine = fit(affine, out_channels(weight.shape, conv.op, int(conv.attrs.get("group", 1))), bn, conv.op)
+        affine = fit(affine, channels, bn, conv.op)
         if isinstance(affine, str):
             return affine
         return weight, bias, affine[0], affine[1]

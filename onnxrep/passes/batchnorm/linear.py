@@ -133,7 +133,8 @@ class LinearThenBatchNorm:
         b, c, alpha, beta = params
         if add_bias is not None:
             c = add_bias
-        affine = affine_of(bn, types)
+        # x is the Gemm's or MatMul's own output (no Add between): it has B's columns
+        affine = affine_of(bn, types, b.shape[1] if add is None else None)
         if isinstance(affine, str):
             return affine
         affine = fit(affine, b.shape[1], bn, f"{node.op}'s output")
