@@ -143,6 +143,8 @@ def _deploy_lines(d: dict) -> list[str]:
         lines.append(f"deploy batch: dynamic (exported at {b['from']}); {len(b['rewritten'])} shape constants read "
                      f"the batch at run time" + (f": {', '.join(b['rewritten'][:4])}{', ...' if len(b['rewritten']) > 4 else ''}"
                                                  if b["rewritten"] else ""))
+        if b.get("static_inputs"):   # a [1] threshold, a [1, 4] table: a first dim of 1 that is no batch
+            lines.append(f"deploy batch: inputs without a batch keep their shape: {', '.join(b['static_inputs'])}")
     if d.get("input"):
         i = d["input"]
         how = f"folded into {', '.join(i['folded'])}" if i["folded"] else "spelled out"

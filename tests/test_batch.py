@@ -250,3 +250,66 @@ def test_an_initializer_listed_among_the_inputs_is_not_the_batch():
     dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in r.model.graph.input}
     assert dims["x"] == ["batch", 3] and dims.get("w", [1, 3]) == [1, 3]
     assert all(c["ok"] for c in r.verification.deploy)
+
+
+# ------------------------------------------------------------------- inputs whose first dim is not a batch
+
+
+def _image_and(extra: str, shape: list[int], b0: int = 1) -> onnx.ModelProto:
+    """x [b0, 3, 6, 6] -> Conv -> Relu, then with a second input: `thr` [1] (Greater than a threshold) or
+    `tab` [1, 4] (a per-feature table times the pooled features, which a Reshape(b0, 4) flattens)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"])]
+    if extra == "thr":
+        nodes += [helper.make_node("Greater", ["r", "thr"], ["gt"]), helper.make_node("Cast", ["gt"], ["y"], to=TensorProto.FLOAT)]
+    else:
+        inits.append(numpy_helper.from_array(np.array([b0, 4], np.int64), "s"))
+        nodes += [helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Reshape", ["p", "s"], ["f"]),
+                  helper.make_node("Mul", ["f", "tab"], ["y"])]
+    m = _tiny(nodes, [("x", [b0, 3, 6, 6]), (extra, shape)], inits, opset=17)
+    return onnx.shape_inference.infer_shapes(m)
+
+
+def _input_dims(model):
+    return {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+
+
+@pytest.mark.parametrize("extra,shape", [("thr", [1]), ("tab", [1, 4])])
+def test_an_input_whose_first_dim_is_not_the_batch_keeps_its_shape(extra, shape):
+    """A [1] threshold or a [1, 4] table beside a [1, 3, H, W] image: its 1 is no batch. Only the image
+    becomes dynamic, the model stays valid, and it runs at batch 1, 2 and 5 with that one threshold or table."""
+    m = _image_and(extra, shape)
+    dyn, info = make_dynamic_batch(m)
+    onnx.checker.check_model(dyn, full_check=True)
+    assert _input_dims(dyn) == {"x": ["batch", 3, 6, 6], extra: shape}
+    assert info["static_inputs"] == [extra]
+    other = np.full(shape, 0.3, np.float32)
+    for n in (1, 2, 5):
+        x = np.random.default_rng(n).normal(size=(n, 3, 6, 6)).astype(np.float32)
+        got = _session(dyn).run(None, {"x": x, extra: other})[0]
+        want = np.concatenate([_session(m).run(None, {"x": x[i:i + 1], extra: other})[0] for i in range(n)])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    r = onnxrep.optimize(m, dynamic_batch=True)
+    assert r.ok, r.report.text()
+    assert all(c["ok"] for c in r.verification.deploy), r.report.text()
+    assert _input_dims(r.model) == {"x": ["batch", 3, 6, 6], extra: shape}
+
+
+def test_a_second_input_that_does_carry_the_batch_becomes_dynamic_too():
+    """Same rank as the image, same first dim: a batch (a mask per image)."""
+    m = _tiny([helper.make_node("Mul", ["x", "mask"], ["y"])], [("x", [1, 3, 4, 4]), ("mask", [1, 1, 4, 4])], [], opset=17)
+    dyn, info = make_dynamic_batch(onnx.shape_inference.infer_shapes(m))
+    assert _input_dims(dyn) == {"x": ["batch", 3, 4, 4], "mask": ["batch", 1, 4, 4]} and info["static_inputs"] == []
+
+
+@pytest.mark.parametrize("inputs", [
+    [("x", [2, 3, 4, 4]), ("mask", [1, 1, 4, 4])],        # the image's rank, another batch
+    [("x", [1, 3, 4, 4]), ("thr", ["n"])],                # a symbolic first dim: a batch or not?
+])
+def test_inputs_that_may_carry_another_batch_are_one_clear_error(inputs):
+    m = _tiny([helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", [inputs[1][0]], ["z"])],
+              inputs, [], opset=17)
+    m.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    with pytest.raises(OnnxrepError, match="same static batch"):
+        make_dynamic_batch(m)

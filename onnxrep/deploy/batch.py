@@ -2,8 +2,12 @@
 
 make_dynamic_batch (``--dynamic-batch``): a model exported at batch B bakes B into constants: Reshape
 targets ``[1, 144, -1]``, Expand shapes, Resize sizes. The image input's batch becomes the symbolic
-``batch``, and each such constant whose first entry is B and which shapes a tensor computed from the inputs
-becomes ``Concat(Shape(input)[0:1], rest)``: the batch read at run time, the rest unchanged. Where the
+``batch``, and each such constant whose first entry is B and which shapes a tensor computed from the batch
+inputs becomes ``Concat(Shape(input)[0:1], rest)``: the batch read at run time, the rest unchanged.
+Which inputs carry the batch: the image (the first input of the highest rank) and every input whose first
+dim is its B, except, at B = 1, an input of another rank: a ``[1]`` threshold or a ``[1, 4]`` table next to a
+``[1, 3, H, W]`` image is a 1 that is no batch, so it keeps its shape, and so do the constants that shape
+what is computed from it alone. Where the
 batch sits anywhere else (a Split or Tile along axis 0, a Reshape folding the batch into another axis), it
 is a clear error, not a guess. check_batches proves the result: batch 1, 2 and 5, each sample equal to its
 own batch-1 result within the network's measured float noise (the runtime's kernels round differently at
@@ -89,6 +93,30 @@ def refine_output_shapes(model: onnx.ModelProto, batch: str | None = None) -> No
             dims[0].dim_param = batch
 
 
+def _first_dim(vi: onnx.ValueInfoProto) -> int | None:
+    dims = vi.type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+
+
+def batch_inputs(model: onnx.ModelProto) -> tuple[list[onnx.ValueInfoProto], int]:
+    """(the inputs that carry the batch, image first; the batch B they were exported at): see the module
+    docstring. An error when the image's batch is not static or a rank-equal input has another one."""
+    inputs = _data_inputs(model)
+    listing = "; the model's inputs: " + ", ".join(
+        f"{vi.name} {[d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]}" for vi in inputs)
+    ranks = [len(vi.type.tensor_type.shape.dim) for vi in inputs]
+    if not inputs or max(ranks) == 0:
+        raise OnnxrepError("--dynamic-batch: no input has a batch (first dim)" + listing)
+    image = inputs[ranks.index(max(ranks))]
+    b0 = _first_dim(image)
+    carry = [vi for vi, r in zip(inputs, ranks) if r and _first_dim(vi) == b0 and (b0 != 1 or r == max(ranks))]
+    clash = [vi for vi, r in zip(inputs, ranks) if vi not in carry and r and (r == max(ranks) or _first_dim(vi) is None)]
+    if b0 is None or clash:
+        raise OnnxrepError("--dynamic-batch: every input that carries the batch needs the same static batch "
+                           "(first dim)" + listing)
+    return [image] + [vi for vi in carry if vi is not image], b0
+
+
 def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """A copy of `model` whose inputs take any batch (see the module docstring); and what was rewritten."""
     from onnxrep.export import from_graph
@@ -96,20 +124,14 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     from onnxrep.ir.graph import Namer, import_model, model_opset
     from onnxrep.ir.shapes import infer_types
 
-    inputs = _data_inputs(model)
-    firsts = {vi.type.tensor_type.shape.dim[0].dim_value if vi.type.tensor_type.shape.dim and
-              vi.type.tensor_type.shape.dim[0].HasField("dim_value") else None for vi in inputs}
-    if not inputs or None in firsts or len(firsts) != 1:
-        raise OnnxrepError("--dynamic-batch: every input needs the same static batch (first dim); the model's "
-                           "inputs: " + ", ".join(f"{vi.name} {[d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]}"
-                                                  for vi in inputs))
-    b0 = firsts.pop()
+    inputs, b0 = batch_inputs(model)
     graph = import_model(model)
     types = infer_types(graph)
     namer = Namer(graph)
-    data_names = {vi.name for vi in inputs}     # not an initializer listed among the inputs (IR < 4)
-    data_inputs = [t for t in graph.inputs if t.name in data_names]
+    data_names = [vi.name for vi in inputs]     # not an initializer listed among the inputs (IR < 4)
+    data_inputs = sorted((t for t in graph.inputs if t.name in data_names), key=lambda t: data_names.index(t.name))
     first_input = data_inputs[0]
+    batched = _batched_tensors(graph, data_inputs)
     shape = gs.Variable(namer("onnxrep_batch/shape"), dtype=np.int64, shape=[len(first_input.shape)])
     batch = gs.Variable(namer("onnxrep_batch/batch"), dtype=np.int64, shape=[1])
     new_nodes = [gs.Node("Shape", namer("onnxrep_batch/Shape"), inputs=[first_input], outputs=[shape]),
@@ -119,6 +141,8 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     rewritten, refused = [], []
     with at_opset(model_opset(graph)):
         for node in graph.nodes:
+            if not any(t.name in batched for t in node.inputs):
+                continue   # computes from constants and non-batch inputs only: its shapes have no batch
             _refuse_batch_axis_ops(node, b0, refused, types)
             k = SHAPED_BY.get(node.op)
             if k is None or len(node.inputs) <= k or not node.inputs[k].name:
@@ -158,7 +182,17 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             if dims and dims[0].dim_value == b0:
                 dims[0].Clear()
                 dims[0].dim_param = BATCH
-    return out, {"from": b0, "rewritten": rewritten}
+    static = [vi.name for vi in _data_inputs(model) if vi.name not in data_names]
+    return out, {"from": b0, "rewritten": rewritten, "static_inputs": static}
+
+
+def _batched_tensors(graph: gs.Graph, sources: list[gs.Tensor]) -> set[str]:
+    """Names of the tensors computed (in part) from the batch inputs."""
+    reached = {t.name for t in sources}
+    for node in graph.toposort().nodes:
+        if any(t.name in reached for t in node.inputs):
+            reached.update(t.name for t in node.outputs)
+    return reached
 
 
 def _not_the_batch(node: gs.Node, target: np.ndarray, b0: int, types) -> str:
@@ -203,10 +237,14 @@ def check_batches(model: onnx.ModelProto, feeds: list[dict], *, seed: int = 0, n
     from onnxrep.verify.inputs import make_inputs
     from onnxrep.verify.tolerance import compare
 
+    batched = {vi.name for vi in model.graph.input if vi.type.tensor_type.shape.dim
+               and vi.type.tensor_type.shape.dim[0].dim_param == BATCH}
     singles = []
     for i in range(max(CHECK_BATCHES)):
-        shapes = {k: [1] + list(np.shape(v)[1:]) for k, v in feeds[0].items()}
-        singles.append(make_inputs(model, 1, seed + 101 + i, shapes)[0])
+        shapes = {k: ([1] if k in batched else list(np.shape(v)[:1])) + list(np.shape(v)[1:]) for k, v in feeds[0].items()}
+        feed = make_inputs(model, 1, seed + 101 + i, shapes)[0]
+        # an input without the batch is one tensor for the whole batch: every sample sees the first's
+        singles.append({k: v if k in batched or not singles else singles[0][k] for k, v in feed.items()})
     ref = reference(model, feeds=singles)
     if not ref.ran:
         return {"check": "batch", "ok": False,
@@ -215,7 +253,7 @@ def check_batches(model: onnx.ModelProto, feeds: list[dict], *, seed: int = 0, n
 
     worst, problems = 0.0, []
     for n in CHECK_BATCHES[1:]:
-        stacked = {k: np.concatenate([s[k] for s in singles[:n]]) for k in singles[0]}
+        stacked = {k: np.concatenate([s[k] for s in singles[:n]]) if k in batched else singles[0][k] for k in singles[0]}
         try:
             got = _run(model, [stacked], ref.outputs)[0]
         except Exception as exc:  # noqa: BLE001 -- a model that cannot run at batch n fails the check
