@@ -220,7 +220,7 @@ deploy_options = [
                       "name per line (default: class0, class1, ...)."),
     click.option("--dynamic-batch", is_flag=True,
                  help="Make a static batch symbolic: shape constants that bake it in read it at run time (checked at "
-                      "batch 1, 2 and 5)."),
+                      "the verification's samples stacked in one batch of 3)."),
     click.option("--static-batch", type=click.IntRange(min=1), default=None, metavar="N",
                  help="Fix a symbolic batch to N before the passes (which then fold the shape arithmetic)."),
     click.option("--overwrite-input-shape", "overwrite_input_shapes", multiple=True, metavar="NAME:DIMS",

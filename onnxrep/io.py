@@ -286,13 +286,13 @@ _GRAPH_TAG = bytes([(onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number <
 _INITIALIZER_TAG = bytes([(onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number << 3) | 2])
 
 
-def _write_model(fh, model: onnx.ModelProto, data_fh=None, location: str | None = None) -> None:
+def _write_model(fh, model: onnx.ModelProto, data_fh=None, location: str | None = None, initializers=None) -> None:
     """Serialize `model` one initializer at a time, never the whole model in memory at once.
 
     Protobuf merges repeated occurrences of an embedded message, so the model is written as: the model
-    without its initializers, then one ``graph { initializer }`` fragment per tensor. With `data_fh`,
-    large tensors' bytes go there (page-aligned) and the model points at `location`.
-    The caller's model is not modified.
+    without its initializers, then one ``graph { initializer }`` fragment per tensor (`initializers`, an
+    iterable, instead of the model's own when given). With `data_fh`, large tensors' bytes go there
+    (page-aligned) and the model points at `location`. The caller's model is not modified.
     """
     head = onnx.ModelProto()
     copy_fields(model, head, skip={"graph"})
@@ -301,7 +301,7 @@ def _write_model(fh, model: onnx.ModelProto, data_fh=None, location: str | None 
     if data_fh is not None:  # tensors outside graph.initializer (Constant nodes, subgraphs): head is our copy
         offset = _move_to_external(head, data_fh, location, offset)
     fh.write(head.SerializeToString())
-    for tensor in model.graph.initializer:
+    for tensor in model.graph.initializer if initializers is None else initializers:
         if data_fh is not None and _is_large(tensor):
             ref = onnx.TensorProto()
             copy_fields(tensor, ref, skip={"raw_data"})

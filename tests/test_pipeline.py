@@ -3,6 +3,7 @@
 import onnx_graphsurgeon as gs
 
 import onnxrep
+from onnxrep.run import pipeline_notes
 from onnxrep.passes import Context, PassResult, run_pipeline
 from tests.graphs import conv_bn
 
@@ -22,7 +23,7 @@ def test_a_pipeline_that_never_settles_is_reported(monkeypatch):
     ctx = Context()
     run_pipeline(gs.import_onnx(conv_bn()), ctx, (Restless(),))
     assert ctx.facts["pipeline"] == {"rounds": 10, "converged": False}
-    assert "still changing" in onnxrep._pipeline_notes(ctx)[0]
+    assert "still changing" in pipeline_notes(ctx)[0]
 
 
 def test_the_default_pipeline_settles():

@@ -172,9 +172,9 @@ def test_training_mode_batchnorm_is_kept_and_reported(tmp_path):
 
 def test_large_model_is_saved_with_external_data(tmp_path, model_path, monkeypatch):
     monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
-    import onnxrep.verify as verify_mod
+    import onnxrep.verify.runtime as runtime_mod
 
-    monkeypatch.setattr(verify_mod, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(runtime_mod, "EXTERNAL_DATA_THRESHOLD", 1000)
     result = run("optimize", model_path, "-o", tmp_path / "o.onnx")
     assert result.exit_code == 0 and "verify y: ok" in result.output
     assert (tmp_path / "o.onnx.data").is_file()

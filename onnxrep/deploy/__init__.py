@@ -33,7 +33,7 @@ from onnxrep.io import OnnxrepError
 __all__ = ["DeployOptions", "Deployed", "apply", "check", "LAYOUTS", "FORMATS"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeployOptions:
     nms: str | None = None              # "ort" | "trt"
     conf: float = 0.25
@@ -45,6 +45,9 @@ class DeployOptions:
     bgr: bool = False
     names: list[str] | None = None
     metadata: bool = False              # write metadata even when no other adapter is asked for
+
+    def __post_init__(self):
+        self.validate()
 
     def active(self) -> bool:
         return bool(self.nms or self.output_layout != "anchors-last" or self.input_format != "float" or self.bgr
@@ -131,17 +134,19 @@ def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
 
 
 def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, atol=None,
-          noise_factor=None) -> list[dict]:
+          noise_factor=None, values: list[dict] | None = None) -> list[dict]:
     """Prove each adapter (see the module docstring). feeds: the verification inputs of the optimized
-    model (float images); the uint8 ones are made from their shapes. Each check: name, ok, line."""
+    model (float images); the uint8 ones are made from their shapes. values: the optimized model's outputs
+    on `feeds` (the verification computed them). Each check: name, ok, line."""
     from onnxrep.deploy.checks import as_input_types, check_input, check_outputs
 
     checks = []
     feeds = as_input_types(deployed.base, feeds)
     feeds_final = feeds
     if deployed.stage_in is not None:
-        c, feeds_final = check_input(deployed, feeds, seed=seed, rtol=rtol, atol=atol, noise_factor=noise_factor)
+        c, feeds_final, values = check_input(deployed, feeds, seed=seed, rtol=rtol, atol=atol,
+                                             noise_factor=noise_factor)
         checks.append(c)
     if deployed.head is not None:
-        checks.append(check_outputs(deployed, feeds_final))
+        checks.append(check_outputs(deployed, feeds_final, values))
     return checks

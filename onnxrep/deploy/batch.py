@@ -9,9 +9,10 @@ dim is its B, except, at B = 1, an input of another rank: a ``[1]`` threshold or
 ``[1, 3, H, W]`` image is a 1 that is no batch, so it keeps its shape, and so do the constants that shape
 what is computed from it alone. Where the
 batch sits anywhere else (a Split or Tile along axis 0, a Reshape folding the batch into another axis), it
-is a clear error, not a guess. check_batches proves the result: batch 1, 2 and 5, each sample equal to its
-own batch-1 result within the network's measured float noise (the runtime's kernels round differently at
-different batch sizes, so bit-equality is not what "runs at any batch" can mean).
+is a clear error, not a guess. check_batches proves the result: the verification's samples (each at the
+exported batch) stacked into one batch of 3, each item equal to its sample's own result within the
+network's measured float noise (the runtime's kernels round differently at different batch sizes, so
+bit-equality is not what "runs at any batch" can mean).
 
 fix_input_shapes (``--static-batch N``, ``--overwrite-input-shape``): symbolic input dims become the given
 numbers *before* the passes, so canonicalize folds the Shape chains that computed them (a dynamic-batch
@@ -29,7 +30,6 @@ from onnxrep.io import OnnxrepError
 
 BATCH = "batch"
 SHAPED_BY = {"Reshape": 1, "Expand": 1, "Resize": 3}   # op -> the input holding a full output shape
-CHECK_BATCHES = (1, 2, 5)
 
 
 def _data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -230,50 +230,66 @@ def _refuse_batch_axis_ops(node: gs.Node, b0: int, refused: list, types) -> None
             refused.append(f"Tile {node.name!r} repeats the batch axis")
 
 
-def check_batches(model: onnx.ModelProto, feeds: list[dict], *, seed: int = 0, noise_factor=None) -> dict:
-    """Run `model` at batch 1, 2 and 5 (five images from the verification inputs' generator) and compare each
-    sample with its batch-1 result, at the network's measured noise (verify/tolerance.py)."""
-    from onnxrep.verify import _level, _short, reference
-    from onnxrep.verify.inputs import make_inputs
+def check_batches(model: onnx.ModelProto, feeds: list[dict], verification=None, *, noise_factor=None) -> dict:
+    """Run `model` once on the verification's samples stacked into one batch, in reverse order and the last
+    one again (two samples: batch 3, an odd size, items s1, s0, s1: an item read from the wrong position
+    shows), and compare each item with the model's own result for that sample alone, which the verification
+    computed (`verification.values`), at the tolerance of that output (verify/tolerance.py: the original's
+    measured noise, from the verification's reference). One sample (--samples 1) is stacked with its mirror
+    image, whose own result is computed too."""
+    from onnxrep.verify import run_outputs
+    from onnxrep.verify.runtime import short
     from onnxrep.verify.tolerance import compare
 
     batched = {vi.name for vi in model.graph.input if vi.type.tensor_type.shape.dim
                and vi.type.tensor_type.shape.dim[0].dim_param == BATCH}
-    singles = []
-    for i in range(max(CHECK_BATCHES)):
-        shapes = {k: ([1] if k in batched else list(np.shape(v)[:1])) + list(np.shape(v)[1:]) for k, v in feeds[0].items()}
-        feed = make_inputs(model, 1, seed + 101 + i, shapes)[0]
-        # an input without the batch is one tensor for the whole batch: every sample sees the first's
-        singles.append({k: v if k in batched or not singles else singles[0][k] for k, v in feed.items()})
-    ref = reference(model, feeds=singles)
-    if not ref.ran:
-        return {"check": "batch", "ok": False,
-                "line": f"dynamic batch: FAIL, the model does not run at batch 1 ({ref.skipped_reason})"}
-    from onnxrep.deploy.checks import _run
+    names = [o.name for o in model.graph.output]
+    # an input without the batch is one tensor for the whole batch: only samples that agree on it stack
+    singles = [f for f in feeds if all(k in batched or np.array_equal(v, feeds[0][k]) for k, v in f.items())]
+    if verification is None:   # on its own: the model against itself, its noise measured here
+        from onnxrep.verify import reference
 
+        ref = reference(model, feeds=singles)
+        if not ref.ran:
+            return {"check": "batch", "ok": False, "line": f"dynamic batch: FAIL, {ref.skipped_reason}"}
+        alone, levels = ref.clean, {name: ref.level(name) for name in names}
+    else:
+        values = dict(zip(map(id, feeds), verification.values))
+        alone, levels = [values.get(id(f), {}) for f in singles], verification.levels
+    if not all(set(names) <= set(v) for v in alone):
+        alone = run_outputs(model, singles, names)
+    if len(singles) == 1:   # its mirror image (the last axis reversed) is the second sample
+        mirror = {k: (np.ascontiguousarray(v[..., ::-1]) if k in batched and np.ndim(v) >= 2 else v)
+                  for k, v in singles[0].items()}
+        singles.append(mirror)
+        alone = alone + run_outputs(model, [mirror], names)
+    order = list(range(len(singles)))[::-1] + [len(singles) - 1]   # 2 samples: batch 3, items s1, s0, s1
+    stacked = {k: np.concatenate([singles[i][k] for i in order]) if k in batched else singles[0][k]
+               for k in singles[0]}
+    n = int(np.shape(next(stacked[k] for k in stacked if k in batched))[0])
+    try:
+        got = run_outputs(model, [stacked], names)[0]
+    except Exception as exc:  # noqa: BLE001 -- a model that cannot run at batch n fails the check
+        return {"check": "batch", "ok": False, "line": f"dynamic batch: FAIL, batch {n} does not run ({short(exc)})"}
     worst, problems = 0.0, []
-    for n in CHECK_BATCHES[1:]:
-        stacked = {k: np.concatenate([s[k] for s in singles[:n]]) if k in batched else singles[0][k] for k in singles[0]}
-        try:
-            got = _run(model, [stacked], ref.outputs)[0]
-        except Exception as exc:  # noqa: BLE001 -- a model that cannot run at batch n fails the check
-            problems.append(f"batch {n} does not run ({_short(exc)})")
+    for name in names:
+        value = np.asarray(got[name])
+        parts = [np.asarray(alone[i][name]) for i in order]
+        sizes = [p.shape[0] if p.ndim else 0 for p in parts]
+        if value.ndim == 0 or value.shape[0] != sum(sizes):
+            problems.append(f"batch {n}: output {name} has shape {list(value.shape)}")
             continue
-        for name in ref.outputs:
-            value = np.asarray(got[name])
-            if value.shape[:1] != (n,):
-                problems.append(f"batch {n}: output {name} has shape {list(value.shape)}")
-                continue
-            level = _level(name, ref.clean[:n], ref.noisy[:n], ref.noise_measured)
-            for i in range(n):
-                c = compare(name, np.asarray(ref.clean[i][name]), value[i:i + 1], level,
-                            factor=noise_factor)
-                worst = max(worst, c.used)
-                if not c.ok:
-                    problems.append(f"batch {n} sample {i} {name}: {c.message}")
+        level = levels.get(name)   # the measured noise (None: the fixed share of the range)
+        start = 0
+        for i, (part, size) in zip(order, zip(parts, sizes)):
+            c = compare(name, part, value[start:start + size], level, factor=noise_factor)
+            start += size
+            worst = max(worst, c.used)
+            if not c.ok:
+                problems.append(f"batch {n} item of sample {i} {name}: {c.message}")
     ok = not problems
-    line = (f"dynamic batch: {'ok' if ok else 'FAIL'}, batches {', '.join(map(str, CHECK_BATCHES))} each sample "
-            f"equal to its batch-1 result ({worst:.2f} of tolerance)")
+    line = (f"dynamic batch: {'ok' if ok else 'FAIL'}, batch {n} (samples {', '.join(map(str, order))} stacked): "
+            f"each item equal to its sample's own result ({worst:.2f} of tolerance)")
     if problems:
         line += "; " + "; ".join(problems[:3])
     return {"check": "batch", "ok": ok, "line": line}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
 
 import numpy as np
 import onnx
@@ -17,11 +16,10 @@ from onnxrep.deploy.preprocess import image_input, preprocess_numpy, random_imag
 
 
 def _run(model: onnx.ModelProto, feeds: list[dict], outputs: list[str]) -> list[dict]:
-    from onnxrep.verify import _session
+    """`outputs` (graph outputs or any tensors) of `model` on every feed, the model cut to what they need."""
+    from onnxrep.verify import run_outputs
 
-    with tempfile.TemporaryDirectory(prefix="onnxrep-deploy-") as work:
-        sess = _session(model, work)
-        return [dict(zip(outputs, sess.run(outputs, feed))) for feed in feeds]
+    return run_outputs(model, feeds, outputs)
 
 
 def as_input_types(model: onnx.ModelProto, feeds: list[dict]) -> list[dict]:
@@ -51,10 +49,8 @@ def check_input(deployed, feeds: list[dict], *, seed: int, rtol, atol, noise_fac
     images = [{name: x} for x in random_images(opts.input_format, seed, shapes, dtype)]
     # the spelled-out preprocessing against numpy's, on the preprocessed tensor itself (a float16 model's
     # Conv may run in float32 on CPU, reading the Div's result before it is rounded to float16)
-    view = copy.deepcopy(deployed.stage_in_explicit)
     pre = deployed.info["explicit_image"]
-    view.graph.output.append(helper.make_empty_tensor_value_info(pre))
-    got = _run(view, images, [pre])
+    got = _run(deployed.stage_in_explicit, images, [pre])
     exact = all(_same(g[pre], preprocess_numpy(f[name], opts.input_format, opts.bgr, dtype)) for g, f in zip(got, images))
     v = verify(deployed.stage_in_explicit, deployed.stage_in, feeds=images, rtol=rtol, atol=atol,
                noise_factor=noise_factor, strict_outputs=True)
@@ -65,20 +61,12 @@ def check_input(deployed, feeds: list[dict], *, seed: int, rtol, atol, noise_fac
             + ("ok" if ok else "FAIL") + f"; preprocessing in the graph = numpy's: {'exact' if exact else 'DIFFERS'}; "
             + "; ".join(f"{o.name} {o.used:.2f} of tolerance" for o in v.outputs)
             + (f"; {v.skipped_reason}" if v.skipped_reason else ""))
-    return {"check": "input", "ok": ok, "line": line, "verification": v.to_dict()}, images
+    return {"check": "input", "ok": ok, "line": line, "verification": v.to_dict()}, images, v.values
 
 
-def _trt_view(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.NodeProto]:
-    """The model without its EfficientNMS_TRT node, the node's inputs as outputs (runs in onnxruntime)."""
-    m = copy.deepcopy(model)
-    node = next(n for n in m.graph.node if n.op_type == "EfficientNMS_TRT")
-    m.graph.node.remove(node)
-    del m.graph.output[:]
-    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in node.input)
-    kept = [o for o in m.opset_import if o.domain != TRT_DOMAIN]
-    del m.opset_import[:]
-    m.opset_import.extend(kept)
-    return m, node
+def _trt_node(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The EfficientNMS_TRT node: it runs only in TensorRT, so its inputs are what onnxruntime checks."""
+    return next(n for n in model.graph.node if n.op_type == "EfficientNMS_TRT")
 
 
 def _trt_attrs_ok(node: onnx.NodeProto, s) -> list[str]:
@@ -93,23 +81,27 @@ def _trt_attrs_ok(node: onnx.NodeProto, s) -> list[str]:
     return bad
 
 
-def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, feeds: list[dict]) -> tuple[bool, list, list, list]:
-    """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`."""
+def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, feeds: list[dict],
+             prev: list[dict] | None = None) -> tuple[bool, list, list, list]:
+    """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`.
+    prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's)."""
     opts, head = deployed.options, deployed.head
-    prev = _run(before, feeds, [source])
+    if prev is None or any(source not in p for p in prev):
+        prev = _run(before, feeds, [source])
     if opts.nms == "trt":
-        view, node = _trt_view(final)
-        view.graph.output.append(helper.make_empty_tensor_value_info(head.output))
+        node = _trt_node(final)
         bad = _trt_attrs_ok(node, settings)
-        got = _run(view, feeds, [head.output] + list(node.input))
+        got = _run(final, feeds, [head.output] + list(node.input))
     else:
-        view = copy.deepcopy(final)
-        names = [o.name for o in view.graph.output]
-        if head.output not in names:
-            view.graph.output.append(helper.make_empty_tensor_value_info(head.output))
-            names.append(head.output)
-        bad, got = [], _run(view, feeds, names)
+        names = [o.name for o in final.graph.output]
+        bad, got = [], _run(final, feeds, names + [head.output] * (head.output not in names))
     exact_head = all(_same(p[source], g[head.output]) for p, g in zip(prev, got))
+    return exact_head, _differing(final, deployed, settings, got), bad, got
+
+
+def _differing(final: onnx.ModelProto, deployed, settings, got: list[dict]) -> list[str]:
+    """The outputs of `got` (the final model's, with its head tensor) that differ from numpy's."""
+    opts, head = deployed.options, deployed.head
     wrong = []
     for k, g in enumerate(got):
         y = np.asarray(g[head.output])
@@ -117,6 +109,7 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
             want = reference_nms(y.astype(np.float32), head.box_coding, settings.conf, settings.iou, settings.max_det,
                                  settings.class_agnostic, head.layout)
         elif opts.nms == "trt":
+            node = _trt_node(final)
             parts = [candidates(im, head.box_coding, head.layout) for im in y.astype(np.float32)]
             scores = np.stack([p[1] for p in parts])
             best = scores.argmax(1)[:, None]
@@ -126,7 +119,16 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
             want = {deployed.outputs[role]: v for role, v in layout_expected(y, opts.output_layout).items()
                     if role in deployed.outputs}
         wrong += [f"sample {k} {name}" for name, v in want.items() if not _same(v, g[name])]
-    return exact_head, wrong, bad, got
+    return wrong
+
+
+def _nms_tail(model: onnx.ModelProto, head) -> onnx.ModelProto:
+    """The NMS part of an ORT-NMS model alone: the head tensor is its input (a small model)."""
+    from onnxrep.verify.runtime import Cut
+
+    elem = head.elem_type or onnx.TensorProto.FLOAT
+    inputs = {head.output: helper.make_tensor_value_info(head.output, elem, None)}
+    return Cut(model, [o.name for o in model.graph.output], inputs=inputs).model_proto()
 
 
 def _with_conf(model: onnx.ModelProto, conf: float) -> onnx.ModelProto:
@@ -149,23 +151,27 @@ def _probe_conf(got: list[dict], head) -> float:
     return float(best[min(299, best.size - 1)]) * 0.999
 
 
-def check_outputs(deployed, feeds: list[dict]) -> dict:
+def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None) -> dict:
     """The final model's new outputs against numpy applied to its own head tensor, which must equal the
     previous stage's output bit for bit. An ORT NMS that finds fewer than MIN_DETECTIONS at the user's conf
-    is checked again, built at a conf where it finds some (the same graph but for one constant)."""
+    is checked again at a conf where it finds some: its NMS part alone (the same graph but for one constant),
+    fed the head tensors the final model computed. prev: the previous stage's outputs on `feeds`, when known."""
     opts, head = deployed.options, deployed.head
     before = deployed.stage_in or deployed.base
     source = before.graph.output[head.index].name
-    exact_head, wrong, bad, got = _compare(deployed.model, deployed, opts.nms_settings, before, source, feeds)
+    exact_head, wrong, bad, got = _compare(deployed.model, deployed, opts.nms_settings, before, source, feeds, prev)
     probe = ""
     if opts.nms == "ort":
         found = sum(int(np.asarray(g["num_dets"]).sum()) for g in got)
         probe = f" ({found} detections)"
-        if found < MIN_DETECTIONS:   # the deployed graph itself, its score threshold lowered
+        if found < MIN_DETECTIONS:   # the deployed graph's NMS, its score threshold lowered
             settings = dataclasses.replace(opts.nms_settings, conf=_probe_conf(got, head))
-            model = _with_conf(deployed.model, settings.conf)
-            ok2, wrong2, _, got2 = _compare(model, deployed, settings, before, source, feeds)
-            exact_head, wrong = exact_head and ok2, wrong + [f"{w} at conf {settings.conf:.3g}" for w in wrong2]
+            tail = _with_conf(_nms_tail(deployed.model, head), settings.conf)
+            names = [o.name for o in tail.graph.output]
+            got2 = [{**dict(zip(names, r.values())), head.output: g[head.output]}
+                    for r, g in zip(_run(tail, [{head.output: g[head.output]} for g in got], names), got)]
+            wrong2 = _differing(tail, deployed, settings, got2)
+            wrong = wrong + [f"{w} at conf {settings.conf:.3g}" for w in wrong2]
             probe += (f"; at conf {settings.conf:.3g} too ({sum(int(np.asarray(g['num_dets']).sum()) for g in got2)} "
                       f"detections: too few scores reach {opts.conf:g} on these inputs)")
     ok = exact_head and not wrong and not bad

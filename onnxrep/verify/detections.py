@@ -25,6 +25,44 @@ def is_yolo_output(shape) -> bool:
     return len(shape) == 3 and shape[1] >= 5 and shape[2] > shape[1]
 
 
+def layout_by_shape(shape) -> str | None:
+    """anchors-last [B, 4+nc, A] or anchors-first [B, A, 4+nc] (A the larger axis, nc >= 1), else None."""
+    if is_yolo_output(shape):
+        return "anchors-last"
+    return "anchors-first" if len(shape) == 3 and shape[2] >= 5 and shape[1] > shape[2] else None
+
+
+def head_layouts(model, shapes: dict) -> dict[str, str]:
+    """output -> layout for the outputs in `shapes` ({name: shape}) that are YOLO detections: the layout the
+    deploy code recognises in the graph (deploy/head.py: YOLOv9 [B, 4+nc, A], YOLOv5/v7 decoded
+    [B, A, 5+nc] with objectness), else by shape alone (layout_by_shape)."""
+    from onnxrep.deploy.head import find_heads
+
+    try:
+        found = {h.output: h.layout for h in find_heads(model)[0]}
+    except Exception:  # noqa: BLE001 -- a graph the recogniser can't read: shapes alone decide
+        found = {}
+    out = {}
+    for name, shape in shapes.items():
+        layout = found.get(name) or layout_by_shape(shape)
+        if layout:
+            out[name] = layout
+    return out
+
+
+def anchors_last(y, layout: str) -> np.ndarray:
+    """A detection output as [B, 4+nc, A] float64 (box, then one score per class): anchors-first transposed;
+    with objectness ([B, A, 5+nc], anchors-first-obj) each class score is objectness x class, as YOLOv5/v7's
+    NMS scores it."""
+    y = np.asarray(y, np.float64)
+    if layout == "anchors-last":
+        return y
+    y = y.transpose(0, 2, 1)
+    if layout == "anchors-first-obj":
+        return np.concatenate([y[:, :4], y[:, 4:5] * y[:, 5:]], axis=1)
+    return y
+
+
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     x1 = np.maximum(box[0], boxes[:, 0])
     y1 = np.maximum(box[1], boxes[:, 1])

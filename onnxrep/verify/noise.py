@@ -1,36 +1,49 @@
-"""The original's own float rounding noise, measured: a noisy twin of its graph beside the clean one.
+"""The original's own float rounding noise, measured: a noisy twin of the original, each rounding perturbed.
 
 A correct rewrite changes only how float sums are rounded (a BN scale folded into weights, two kernels
 summed into one), and a deep network amplifies those last-bit differences by a factor that depends on the
 network and its weights: 1e-6 of the output's range for a trained YOLO, 1e-4 for a random-weight one whose
-activations saturate. No fixed tolerance fits both. So the verifier measures the amplification: it runs
-the original once more with every rounding step perturbed, and the rewrite may move an output channel only
-a small multiple of what that perturbation moved it.
+activations saturate. No fixed tolerance fits both. So the verifier measures the amplification: it runs a
+twin of the original with one rounding step of error put where a rewrite re-rounds, and the rewrite may
+move an output only a small multiple of what that moved it.
 
-The perturbation: after every floating-point Conv, ConvTranspose, Gemm, MatMul, BatchNormalization,
-AveragePool, Add and Sum (the operations a rewrite folds, merges or re-rounds; not the SiLU/decode
-arithmetic, which no rewrite touches and which would inflate the estimate), the value is multiplied by
-``1 + e·u``, ``u`` uniform in [-1, 1] per element (``RandomUniformLike``, seeded), ``e`` one unit in the
-last place of the value's type (2^-23 float32, 2^-10 float16, 2^-7 bfloat16, 2^-52 float64). The data input
-of every Conv/Gemm/MatMul is perturbed the same way: a sum much smaller than its terms (cancellation)
-rounds like its terms, not like itself, and a rewrite re-rounds exactly such sums.
+The twin is the original with, both multiplied by ``1 ± e`` (the sign drawn per element, seeded; ``e`` one
+unit in the last place of the type: 2^-23 float32, 2^-10 float16, 2^-7 bfloat16, 2^-52 float64), or, for a
+float32 model that a --precision fp16 result is held to, by ``1 + e·u`` with float16's step and ``u``
+uniform in [-1, 1] (the error of a rounding to float16):
+- every floating-point parameter of the arithmetic a rewrite folds or merges (the weights and biases of Conv,
+  ConvTranspose, Gemm, MatMul; BatchNormalization's and the normalizations' parameters; the constants of
+  Add, Sub, Mul, Div, Sum) with at least 2 elements, element by element: each product term of a sum then
+  carries one step of error, so the sum's error is one step of its *terms*, not of the sum (the
+  cancellation a merged kernel re-rounds);
+- the output of every op that rounds a sum (Conv, ConvTranspose, Gemm, MatMul, BatchNormalization,
+  AveragePool, Add, Sum), by a constant factor per element of its shape but for the batch axis and a
+  feature map's rows (a few thousand numbers, independent across the terms that any one element of the
+  next op sums): the rounding of two branches before their Add, which a merged kernel no longer does.
+Scalars are left alone (shape arithmetic: a perturbed ``0.5`` under a Floor moves a size), and so is a
+constant that anything but that arithmetic also reads; a twin whose output changes shape all the same is
+reported as not measured. Subgraphs (If/Loop/Scan bodies) are not perturbed.
 
-The noisy copy lives in the *same* model as the original, reading the same weights (one session, no second
-copy of the weights): every node output ``t`` gets a twin ``t + SUFFIX``, noise nodes after the ops above,
-and one extra graph output per original output. Asking the session only for the original outputs computes
-only the clean graph. Nodes with subgraphs (If/Loop/Scan) are not copied: their twins read the clean value.
+The twin is written for onnxruntime with the cut model (verify/runtime.py): no copy of the weights, no
+random numbers drawn in the graph, so it costs one plain run of the original per sample. (The previous twin
+drew a uniform factor for every element of every such op's output at run time: 3x a plain run; on the
+builder's YOLOv9/GELAN models this one's levels are 0.5-2.6x of that one's, and no honest rewrite uses more
+of its tolerance.)
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, numpy_helper
 
 SUFFIX = "__onnxrep_noise"
-NOISY_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "AveragePool", "Add", "Sum"}
-LINEAR_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+ROUNDING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "AveragePool", "Add", "Sum"}
+ARITHMETIC = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
+              "LayerNormalization", "GroupNormalization", "Add", "Sub", "Mul", "Div", "Sum"}
 ULP = {TensorProto.FLOAT: 2.0 ** -23, TensorProto.FLOAT16: 2.0 ** -10, TensorProto.BFLOAT16: 2.0 ** -7,
        TensorProto.DOUBLE: 2.0 ** -52}
+_NP = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -41,7 +54,7 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = onnx.shape_inference.infer_shapes(structure_view(model), check_type=False, strict_mode=False)
         values = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    except Exception:  # noqa: BLE001 -- no types: no noise nodes, the caller's floor still applies
+    except Exception:  # noqa: BLE001 -- no types: nothing inferred, the caller's floor still applies
         values = list(model.graph.input) + list(model.graph.output)
     for vi in values:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
@@ -49,78 +62,121 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def noisy_twin(model: onnx.ModelProto, seed: int, as_float16: bool = False
-               ) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto], dict]:
-    """(nodes, graph outputs) to append to `model.graph`, and {original output: its noisy twin's name}.
+def perturbable(graph: onnx.GraphProto) -> set[str]:
+    """Names of the constants (initializers, Constant nodes) that only ARITHMETIC reads, through Identity."""
+    readers: dict[str, set[str]] = {}
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input and n.output}
+
+    def root(name: str) -> str:
+        seen = set()
+        while name in alias and name not in seen:
+            seen.add(name)
+            name = alias[name]
+        return name
+
+    for node in graph.node:
+        for i in node.input:
+            if i and node.op_type != "Identity":
+                readers.setdefault(root(i), set()).add(node.op_type if node.domain in ("", "ai.onnx") else "?")
+    for out in graph.output:
+        readers.setdefault(root(out.name), set()).add("?")
+    consts = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+    inputs = {i.name for i in graph.input}
+    return {c for c in consts if c not in inputs and readers.get(c) and readers[c] <= ARITHMETIC}
+
+
+def _perturb(t: onnx.TensorProto, rng: np.random.Generator, step: float | None) -> onnx.TensorProto | None:
+    if t.data_type not in _NP or t.data_location == TensorProto.EXTERNAL:
+        return None
+    a = numpy_helper.to_array(t)
+    if a.size < 2:
+        return None
+    e = ULP[t.data_type] if step is None else max(step, ULP[t.data_type])
+    moved = (a.astype(np.float64) * (1.0 + e * _draw(rng, a.shape, e > ULP[t.data_type]))).astype(a.dtype)
+    return numpy_helper.from_array(moved, t.name or None)
+
+
+class Perturbation:
+    """The noisy twin as a transform of the original, applied while verify/runtime.py writes the cut model
+    for onnxruntime: each perturbable tensor moved (`__call__`, tensor by tensor), and the outputs of the
+    ops that round a sum scaled by per-channel factors (`rewrite`, on the weightless head).
 
     as_float16: perturb float32 values by float16's step (2^-10): the noise a float16 copy of this float32
     model may show, which is what a --precision fp16 result is held to."""
-    ulps = {**ULP, **({TensorProto.FLOAT: ULP[TensorProto.FLOAT16]} if as_float16 else {})}
-    g = model.graph
-    types = _elem_types(model)
-    twin = {}   # value -> its name in the noisy copy (values not produced by nodes are shared)
 
-    def name(v: str) -> str:
-        return twin.get(v, v)
+    def __init__(self, model: onnx.ModelProto, seed: int, as_float16: bool = False):
+        self.names = perturbable(model.graph)
+        self.step = ULP[TensorProto.FLOAT16] if as_float16 else None
+        self.seed = seed
+        self.moved = 0
+        self.model = model
 
-    nodes: list[onnx.NodeProto] = []
-    serial = 0
+    def __call__(self, tensor: onnx.TensorProto) -> onnx.TensorProto | None:
+        if tensor.name not in self.names:
+            return None
+        # one generator per tensor, seeded by its name: the same perturbation whatever the order of writing
+        rng = np.random.default_rng([self.seed, *tensor.name.encode()])
+        new = _perturb(tensor, rng, self.step)
+        self.moved += new is not None
+        return new
 
-    def perturbed(value: str, elem: int, tag: str) -> str:
-        """`value` times (1 + e*u) per element, as a new tensor."""
-        nonlocal serial
-        serial += 1
-        u, out = f"{value}{SUFFIX}_{tag}u", f"{value}{SUFFIX}_{tag}"
-        e = ulps[elem]
-        gen = TensorProto.DOUBLE if elem == TensorProto.DOUBLE else TensorProto.FLOAT
-        nodes.append(helper.make_node("RandomUniformLike", [value], [u], name=f"{u}_gen", dtype=gen,
-                                      low=1.0 - e, high=1.0 + e, seed=float(seed * 100_003 + serial)))
-        if gen != elem:
-            nodes.append(helper.make_node("Cast", [u], [u + "_cast"], name=f"{u}_cast", to=elem))
-            u += "_cast"
-        nodes.append(helper.make_node("Mul", [value, u], [out], name=f"{out}_mul"))
-        return out
-
-    for node in g.node:
-        has_subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-        if has_subgraph or not node.output:
-            continue
-        std = node.domain in ("", "ai.onnx")
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = node.name + SUFFIX if node.name else ""   # unnamed stays unnamed: names must be unique
-        copy.input[:] = [name(i) if i else "" for i in node.input]
-        if std and node.op_type in LINEAR_OPS and node.input and types.get(node.input[0]) in ULP:
-            # a sum of terms much larger than itself rounds like its terms: perturb what goes in, too
-            copy.input[0] = perturbed(copy.input[0], types[node.input[0]], f"in{serial}")
-        outs = []
-        for o in node.output:
-            if not o:
-                outs.append("")
+    def rewrite(self, head: onnx.ModelProto) -> list[onnx.TensorProto]:
+        """After each ROUNDING op of the head's graph, its output times a constant factor 1 + e·u, drawn per
+        element of the output's shape with the batch axis and, for a feature map, its rows left out (one
+        factor for an unsized axis). Returns the factors: initializers for the writer to add."""
+        shapes = _value_shapes(self.model)
+        rng = np.random.default_rng([self.seed, 1])
+        nodes, factors = [], []
+        for node in head.graph.node:
+            nodes.append(node)
+            if node.op_type not in ROUNDING or node.domain not in ("", "ai.onnx") or not node.output[0]:
                 continue
-            twin[o] = o + SUFFIX
-            outs.append(o + SUFFIX)
-        copy.output[:] = outs
-        y = node.output[0]
-        elem = types.get(y)
-        if std and node.op_type in NOISY_OPS and y and elem in ULP:
-            copy.output[0] = f"{y}{SUFFIX}_raw"
-            nodes.append(copy)
-            nodes.append(helper.make_node("Identity", [perturbed(copy.output[0], elem, "out")], [twin[y]],
-                                          name=f"{twin[y]}_id"))
-        else:
-            nodes.append(copy)
-    outputs, pairs = [], {}
-    for out in g.output:
-        noisy = name(out.name)
-        if noisy == out.name or noisy not in {o for n in nodes for o in n.output}:
-            continue   # an input or constant passed through: nothing to perturb
-        vi = onnx.ValueInfoProto()
-        vi.CopyFrom(out)
-        vi.name = noisy
-        outputs.append(vi)
-        pairs[out.name] = noisy
-    return nodes, outputs, pairs
+            y = node.output[0]
+            elem, dims = shapes.get(y, (None, None))
+            if elem not in _NP:
+                continue
+            e = ULP[elem] if self.step is None else max(self.step, ULP[elem])
+            # a factor per element but along one axis (the batch's, and a 2-D map's rows): a few thousand
+            # numbers for a feature map, independent across the terms any one output element sums
+            view = [d if isinstance(d, int) and d > 0 and k != 0 and not (len(dims) >= 4 and k == 2) else 1
+                    for k, d in enumerate(dims or [])]
+            u = _draw(rng, view, e > ULP[elem])
+            name = f"{y}{SUFFIX}_factor"
+            factors.append(numpy_helper.from_array((1.0 + e * u).astype(_NP[elem]), name))
+            raw = f"{y}{SUFFIX}_raw"
+            node.output[0] = raw
+            nodes.append(onnx.helper.make_node("Mul", [raw, name], [y], name=f"{y}{SUFFIX}_mul"))
+        del head.graph.node[:]
+        head.graph.node.extend(nodes)
+        self.moved += len(factors)
+        return factors
+
+
+def _draw(rng: np.random.Generator, shape, coarse: bool) -> np.ndarray:
+    """u per element for a factor 1 + e·u: uniform in [-1, 1] when e is coarser than the type's own step
+    (float16's step on float32 values: the error a float16 rounding makes, as an --precision fp16 result is
+    held to); else +1 or -1, one step either way exactly (a uniform u at the type's own step rounds back to
+    1 half the time, and a value times it to itself)."""
+    if coarse:
+        return rng.uniform(-1.0, 1.0, shape)
+    return np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+
+
+def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list]]:
+    """name -> (element type, dims: int or None each) of every value shape inference sizes."""
+    from onnxrep.io import structure_view
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(structure_view(model), check_type=False, strict_mode=False)
+    except Exception:  # noqa: BLE001 -- no shapes: no factors, the parameters' perturbation still stands
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.elem_type:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+            out[vi.name] = (t.elem_type, dims)
+    return out
 
 
 class appended:

@@ -8,8 +8,6 @@ noisy twin (verify/noise.py), and the model runs once per sample.
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -19,9 +17,10 @@ from onnxrep.verify.noise import SUFFIX, _elem_types, appended
 _PROBE = SUFFIX + "_peak"
 
 
-def measure_ranges(model: onnx.ModelProto, feeds: list[dict]) -> dict[str, float]:
-    """tensor name -> the largest |value| it took on `feeds` (float32 node outputs only; {} when it can't run)."""
-    from onnxrep.verify import _session
+def measure_ranges(model: onnx.ModelProto, feeds: list[dict]) -> tuple[dict[str, float], str]:
+    """(tensor name -> the largest |value| it took on `feeds`, float32 node outputs only; why not, when the
+    model could not be measured: then {} and the report says that the range rules were off)."""
+    from onnxrep.verify.runtime import session, short
 
     types = _elem_types(model)
     nodes, outputs, names = [], [], []
@@ -36,17 +35,16 @@ def measure_ranges(model: onnx.ModelProto, feeds: list[dict]) -> dict[str, float
                 outputs.append(helper.make_tensor_value_info(m, TensorProto.FLOAT, []))
                 names.append(o)
     if not names:
-        return {}
+        return {}, ""
     peaks = dict.fromkeys(names, 0.0)
     try:
-        with tempfile.TemporaryDirectory(prefix="onnxrep-ranges-") as work:
-            with appended(model, nodes, outputs):
-                sess = _session(model, work)
-            probes = [o.name for o in outputs]
-            for feed in feeds:
-                for name, value in zip(names, sess.run(probes, feed)):
-                    v = float(np.asarray(value))
-                    peaks[name] = max(peaks[name], v if np.isfinite(v) else float("inf"))
-    except Exception:  # noqa: BLE001 -- no measurement: the structural rules still apply
-        return {}
-    return peaks
+        with appended(model, nodes, outputs):
+            sess = session(model)
+        probes = [o.name for o in outputs]
+        for feed in feeds:
+            for name, value in zip(names, sess.run(probes, feed)):
+                v = float(np.asarray(value))
+                peaks[name] = max(peaks[name], v if np.isfinite(v) else float("inf"))
+    except Exception as exc:  # noqa: BLE001 -- no measurement: the structural rules still apply, and the report says so
+        return {}, f"the float32 model could not be run to measure its ranges ({short(exc)})"
+    return peaks, ""

@@ -1,0 +1,329 @@
+"""One run of `onnxrep optimize`, as data: a declared sequence of stages over one state.
+
+    result = execute("yolov9-c.onnx", RunOptions.from_kwargs(nms="ort"))
+
+STAGES is the whole run, in order, each entry with the reason for its place. The model-changing stages come
+first and are cheap (milliseconds to a second): every usage error that needs a model but no model run (no
+detection head for --nms, two heads, a --fp32-nodes name that does not exist) surfaces before the first
+onnxruntime session. The proofs follow, each over the stage(s) it proves, and they share what they compute:
+the original runs once (cut to the outputs that are compared, its noisy twin on one sample), the float
+model's outputs from the verification are what the batch check and the adapters' checks compare against,
+so no model runs twice on the same input. The door comes last: nothing leaves a run that onnx.checker or
+onnxruntime rejects, whatever the options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx
+
+from onnxrep import io as _io
+from onnxrep.io import OnnxrepError
+from onnxrep.options import RunOptions
+from onnxrep.report import Report, model_stats
+from onnxrep.verify import Verification
+
+
+class InvalidModelError(OnnxrepError):
+    """A stage turned a valid model into one that onnx.checker or onnxruntime rejects: a bug of ours."""
+
+    exit_code = 3
+
+
+@dataclass
+class Run:
+    """The state the stages pass along."""
+
+    options: RunOptions
+    step: Callable[[str], None]
+    original: onnx.ModelProto | None = None
+    info: _io.LoadInfo | None = None
+    label: str = ""
+    source: onnx.ModelProto | None = None        # the original, its input shapes fixed when asked
+    input_shapes: dict | None = None
+    model: onnx.ModelProto | None = None         # the current model (float model after the passes...)
+    ctx: object = None
+    pipeline: list = field(default_factory=list)
+    results: dict = field(default_factory=dict)  # pass name -> PassResult
+    outputs: dict = field(default_factory=dict)  # kept / dropped / renamed / note / removed
+    batch_info: dict | None = None
+    deployed: object = None                      # deploy.Deployed
+    history: list = field(default_factory=list)  # (stage, model after it): where the door looks for a culprit
+    verification: Verification | None = None
+    feeds: list | None = None                    # the verification inputs, made once
+    loaded: set = field(default_factory=set)     # ids of models an onnxruntime session was made of
+    seconds: dict = field(default_factory=dict)
+    report: Report | None = None
+
+    def verification_feeds(self) -> list[dict]:
+        if self.feeds is None:
+            from onnxrep.verify.inputs import make_inputs
+
+            v = self.options.verify
+            self.feeds = v.input_data or make_inputs(self.original, v.samples, v.seed, self.input_shapes)
+        return self.feeds
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    why: str                                     # the reason for its place in the sequence
+    run: Callable[[Run], None]
+    when: Callable[[Run], bool] = lambda r: True
+
+
+def _timed(key: str):
+    def deco(fn):
+        def wrapper(r: Run, *args):
+            t0 = time.perf_counter()
+            fn(r, *args)
+            r.seconds[key] = r.seconds.get(key, 0.0) + time.perf_counter() - t0
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+    return deco
+
+
+# ----------------------------------------------------------------------------------------- the changes
+
+
+@_timed("load")
+def load(r: Run, model_or_path=None) -> None:
+    """Parse and check the input (io.py): a clear error, never a traceback, for a damaged file."""
+    r.step("loading")
+    r.original, r.info, r.label = _io.load_any(model_or_path)
+    r.source = r.original
+    r.input_shapes = r.options.verify.input_shapes
+
+
+@_timed("optimize")
+def fix_shapes(r: Run) -> None:
+    """--static-batch / --overwrite-input-shape written into a copy of the model."""
+    from onnxrep.deploy.batch import fix_input_shapes, static_batch_shapes
+
+    b = r.options.batch
+    r.source = onnx.ModelProto()
+    r.source.CopyFrom(r.original)
+    fixed = dict(b.overwrite_input_shapes or {})
+    if b.static is not None:
+        fixed.update({k: v for k, v in static_batch_shapes(r.source, b.static).items() if k not in fixed})
+    fix_input_shapes(r.source, fixed, "--overwrite-input-shape" if b.overwrite_input_shapes else "--static-batch")
+    r.input_shapes = {**(r.input_shapes or {}), **fixed}
+
+
+@_timed("optimize")
+def run_passes(r: Run) -> None:
+    """DEFAULT_PIPELINE (or the --passes subset) to a fixed point."""
+    from onnxrep.export import from_graph
+    from onnxrep.ir.graph import import_model
+    from onnxrep.passes import Context, run_pipeline, select
+
+    o = r.options.outputs
+    r.pipeline = select(list(r.options.passes) if r.options.passes is not None else None)
+    opset = next((x.version for x in r.original.opset_import if x.domain in ("", "ai.onnx")), 17)
+    r.ctx = Context(opset=opset, aux=o.aux, keep_outputs=o.keep, drop_outputs=o.drop, rename_outputs=o.rename)
+    graph = import_model(r.source)
+    r.results = run_pipeline(graph, r.ctx, r.pipeline, on_pass=lambda name: r.step(f"pass {name}"))
+    r.model = from_graph(graph, r.source)
+    del graph   # its arrays are the optimized weights a second time
+    if r.source is not r.original:
+        from onnxrep.deploy.batch import refine_output_shapes
+
+        refine_output_shapes(r.model)
+    renamed = {}
+    for res in r.results.values():
+        renamed.update(res.info.get("renamed", {}))
+        for key in ("kept", "dropped", "note", "removed"):
+            if key in res.info:
+                r.outputs[key] = res.info[key]
+    if renamed:
+        r.outputs["renamed"] = renamed
+    r.outputs.setdefault("kept", [x.name for x in r.model.graph.output])
+
+
+@_timed("optimize")
+def dynamic_batch(r: Run) -> None:
+    """--dynamic-batch (deploy/batch.py)."""
+    from onnxrep.deploy.batch import make_dynamic_batch
+
+    r.step("dynamic batch")
+    r.model, r.batch_info = make_dynamic_batch(r.model)
+
+
+@_timed("float16")
+def to_float16(r: Run) -> None:
+    """--precision fp16 (passes/float16.py), its activation ranges measured first with the float32 model."""
+    from onnxrep.export import from_graph
+    from onnxrep.ir.graph import import_model
+    from onnxrep.passes.float16 import Float16Options, ToFloat16
+    from onnxrep.verify.ranges import measure_ranges
+
+    p = r.options.precision
+    r.step("pass to_float16")
+    known = {n.name for n in r.model.graph.node}
+    unknown = [n for n in p.fp32_nodes if n not in known]
+    if unknown:
+        raise OnnxrepError(f"--fp32-nodes: no node named {', '.join(map(repr, unknown))} in the optimized graph "
+                           f"(`onnxrep inspect` lists them after optimizing; names are the optimized model's)")
+    ranges, why = measure_ranges(r.model, r.verification_feeds())
+    options = Float16Options(keep_io_types=p.keep_io_types, fp32_ops=p.fp32_ops, fp32_nodes=p.fp32_nodes,
+                             ranges=ranges)
+    graph = import_model(r.model)
+    result = ToFloat16(options).run(graph, r.ctx)
+    if why:
+        result.info.setdefault("float16", {})["ranges_not_measured"] = why
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    r.model = from_graph(graph, r.original)
+    r.results["to_float16"] = result
+
+
+@_timed("deploy")
+def adapters(r: Run) -> None:
+    """NMS, output layout, input format, metadata (deploy/): built now, proven after the verification."""
+    from onnxrep.deploy import apply
+
+    r.step("deployment adapters")
+    r.deployed = apply(r.model, r.options.deploy)
+
+
+# ------------------------------------------------------------------------------------------ the proofs
+
+
+def check_structure(r: Run) -> None:
+    """onnx.checker (full check: strict shape inference) on every model the run made, at the level the
+    original itself passes; a failure names the stage, and for the passes the pass, that broke it."""
+    from onnxrep.door import checker_error, culprit
+
+    full = checker_error(r.original, full=True) is None
+    if not full and checker_error(r.original, full=False) is not None:
+        return   # the checker rejects the original itself: nothing of ours to prove with it
+    final = r.deployed.model if r.deployed else r.model
+    if checker_error(final, full) is None:
+        return
+    raise InvalidModelError(culprit(r, lambda m: checker_error(m, full)))
+
+
+@_timed("verify")
+def verify_float_model(r: Run) -> None:
+    """The float model (passes, batch, float16) against the original, in onnxruntime (verify/)."""
+    from onnxrep.verify import verify
+
+    v, p = r.options.verify, r.options.precision
+    r.step("verifying")
+    r.verification = verify(r.original, r.model, feeds=r.verification_feeds(), rtol=v.rtol, atol=v.atol,
+                            noise_factor=v.noise_factor, renamed=r.outputs.get("renamed", {}),
+                            dropped=r.outputs.get("dropped", ()), strict_outputs=True, precision=p.precision,
+                            detections={"min_agreement": p.min_agreement})
+    if r.verification.values:
+        r.loaded.add(id(r.model))
+
+
+def check_batches(r: Run) -> None:
+    """The dynamic batch: the verification's samples stacked in one batch, each item equal to its own run."""
+    from onnxrep.deploy.batch import check_batches as check
+
+    r.step("checking the dynamic batch")
+    r.verification.add_deploy([check(r.model, r.verification_feeds(), r.verification,
+                                     noise_factor=r.options.verify.noise_factor)])
+
+
+@_timed("deploy")
+def check_adapters(r: Run) -> None:
+    """Each adapter against the verified model, on the verification's inputs and outputs (deploy/checks.py)."""
+    from onnxrep.deploy import check
+
+    v = r.options.verify
+    r.step("checking the deployment adapters")
+    r.verification.add_deploy(check(r.deployed, r.verification_feeds(), seed=v.seed, rtol=v.rtol, atol=v.atol,
+                                    noise_factor=v.noise_factor, values=r.verification.values))
+    r.loaded.add(id(r.deployed.model))
+
+
+def check_loads(r: Run) -> None:
+    """onnxruntime loads what will be written (where it loads the original): already proven when a check
+    ran it, else a session is made now (--no-verify)."""
+    from onnxrep.door import culprit, load_error
+
+    final = r.deployed.model if r.deployed else r.model
+    if id(final) in r.loaded or load_error(final) is None:
+        return
+    if load_error(r.original) is not None:
+        return   # onnxruntime can't load the original either: not ours to prove
+    raise InvalidModelError(culprit(r, load_error))
+
+
+def report(r: Run) -> None:
+    """The before/after figures and everything the stages found."""
+    if r.deployed is not None:
+        r.model = r.deployed.model
+        r.outputs["kept"] = [o.name for o in r.model.graph.output]
+    d = r.deployed
+    r.report = Report(
+        input=r.label,
+        output=None,
+        before=model_stats(r.original, r.info.file_bytes if r.info else None),
+        after=model_stats(r.model, None),
+        passes={name: {"count": x.count, "declined": list(x.notes),
+                       **({"float16": x.info["float16"]} if "float16" in x.info else {})}
+                for name, x in r.results.items()},
+        outputs=r.outputs,
+        verification=r.verification.to_dict() if r.verification else None,
+        seconds={k: round(v, 3) for k, v in r.seconds.items()},
+        notes=pipeline_notes(r.ctx),
+        deploy={**(d.info if d else {}), **({"batch": r.batch_info} if r.batch_info else {}),
+                **({"input_shapes": r.input_shapes} if r.source is not r.original else {})},
+    )
+
+
+def pipeline_notes(ctx) -> list[str]:
+    """What the report says about the passes as a whole: that they did not settle, when they did not."""
+    run = ctx.facts.get("pipeline", {})
+    if run.get("converged", True):
+        return []
+    return [f"the passes were still changing the graph after {run['rounds']} rounds: the result is valid and "
+            f"verified as usual, but a further run of onnxrep may optimize it more (please report this model)"]
+
+
+def _verified(r: Run) -> bool:
+    return r.verification is not None and r.verification.ran
+
+
+STAGES = (
+    Stage("fix_shapes", "before the passes, which then fold the shape arithmetic the fixed dims computed",
+          fix_shapes, lambda r: r.options.batch.fixes_shapes),
+    Stage("passes", "the rewrites themselves", run_passes),
+    Stage("dynamic_batch", "after the passes, which would fold a symbolic batch back into constants",
+          dynamic_batch, lambda r: r.options.batch.dynamic),
+    Stage("float16", "the last change of the model's own graph: its ranges are measured on the final float32 "
+                     "graph", to_float16, lambda r: r.options.precision.precision == "fp16"),
+    Stage("adapters", "around the final graph, and before any proof: a missing head is a usage error that must "
+                      "cost no model run", adapters, lambda r: r.options.deploy.active()),
+    Stage("check_structure", "the cheapest proof first: the checker needs no model run", check_structure),
+    Stage("verify", "the float model against the original, the original run once for all the proofs",
+          verify_float_model, lambda r: r.options.verify.enabled),
+    Stage("check_batches", "reuses the verification's inputs and outputs", check_batches,
+          lambda r: r.options.batch.dynamic and _verified(r)),
+    Stage("check_adapters", "reuses the verification's inputs and outputs", check_adapters,
+          lambda r: r.deployed is not None and _verified(r)),
+    Stage("check_loads", "the door: onnxruntime loads what will be written, whatever the options", check_loads),
+    Stage("report", "last: it describes what was written", report),
+)
+
+
+def execute(model_or_path, options: RunOptions, on_step=None, stages=STAGES):
+    """Load the model and run the stages (see the module docstring); returns onnxrep.Result."""
+    from onnxrep import Result
+
+    r = Run(options=options, step=on_step or (lambda _msg: None))
+    load(r, model_or_path)
+    for stage in stages:
+        if stage.when(r):
+            stage.run(r)
+            if r.model is not None and (not r.history or r.history[-1][1] is not r.model):
+                r.history.append((stage.name, r.model))
+            if r.deployed is not None and r.history[-1][1] is not r.deployed.model:
+                r.history.append((stage.name, r.deployed.model))
+    return Result(model=r.model, report=r.report, verification=r.verification, source=r.info,
+                  allow_unverified=options.verify.allow_unverified)
