@@ -54,6 +54,20 @@ bench: install
 	$(PY) peer_benchmarks/run.py
 	$(PY) peer_benchmarks/float16.py
 	$(PY) peer_benchmarks/nms.py
+	$(PY) peer_benchmarks/tool_time.py
+	$(PY) peer_benchmarks/quote.py
+
+.PHONY: measure-test docs
+
+# How long `make test` takes on this machine: peer_benchmarks/results/test_time.json (README.md quotes it).
+measure-test: install
+	mkdir -p out
+	/usr/bin/time -f %e -o out/test_time.txt $(MAKE) test
+	$(PY) peer_benchmarks/quote.py --record-test-time out/test_time.txt --jobs "$(strip $(JOBS))"
+
+# Re-render the measured numbers of README.md and docs/*.md from peer_benchmarks/results/ (no measuring).
+docs:
+	$(PY) peer_benchmarks/quote.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
