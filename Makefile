@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= out/demo
-JOBS   ?= auto
+JOBS   ?= auto   # pytest-xdist workers for make test / test-all
 
 .PHONY: install install-real demo test test-all test-real lint bench clean
 
@@ -23,11 +23,11 @@ demo: install
 	$(VENV)/bin/onnxrep optimize $(DEMO)/yolov9-c.onnx -o $(DEMO)/yolov9-c.opt.onnx
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS)
 
 # Everything, including the slow end-to-end tests on full-size models.
 test-all: install
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -n $(JOBS) -m "slow or not slow"
 
 # The real-exporter tier: models built by their own PyTorch code (official YOLOv9 and YOLOv7, timm), exported
 # by PyTorch's exporters, optimized with defaults. REAL=quick (yolov9-t, gelan-t, four timm families, two

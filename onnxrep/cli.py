@@ -105,7 +105,8 @@ verify_options = [
                       "move (default 20)."),
     click.option("--rtol", type=float, default=None, help="Extra tolerance relative to each element (default 0)."),
     click.option("--atol", type=float, default=None,
-                 help="Extra absolute tolerance (default by dtype: 1e-6 for float32, 1e-3 for float16)."),
+                 help="Extra absolute tolerance on every element (default: none beyond a subnormal, 1e-30 in float32; "
+                      "the tolerance is the measured noise x --noise-factor)."),
     click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
                  help="Shape for an input with symbolic dimensions, e.g. images=1x3x640x640 or "
                       "images:1,3,640,640 (repeatable)."),
@@ -274,6 +275,8 @@ def optimize(model, output_arg, output, in_place, force, no_verify, allow_unveri
 
     if output_arg and output and not io.same_file(Path(output_arg), output):
         raise OnnxrepError(f"two outputs: {output_arg} and -o {output}; give one")
+    if "" in (output_arg, output):
+        raise OnnxrepError("the output path is empty: give a file name, or leave it out for <stem>.opt.onnx")
     output = output or output_arg
     _deploy_options(pass_options)
     bench_opts = {k: pass_options.pop(k) for k in ("bench", "runtimes", "threads")}  # ours, not optimize()'s
@@ -379,15 +382,17 @@ def verify(original, optimized, samples, seed, noise_factor, rtol, atol, input_s
     Outputs of ORIGINAL that OPTIMIZED does not have are listed as not compared (an aux head dropped on
     purpose); at least one must be compared. Exit 0 equal, 1 different, 4 could not run."""
     from onnxrep import io
-    from onnxrep.verify import verify as run_verify
+    from onnxrep.verify import compatible, verify as run_verify
 
     kw = _verify_kwargs(samples, seed, noise_factor, rtol, atol, input_shapes, input_data)
     a, _ = io.load(original)
     b, _ = io.load(optimized)
+    precision, why = compatible(a, b)   # usage errors before any model runs (no output in common: verify
+                                        # returns before running too)
     result = run_verify(a, b, samples=kw["samples"], seed=seed, shapes=kw["input_shapes"],
-                        feeds=kw["input_data"], rtol=rtol, atol=atol, noise_factor=noise_factor)
+                        feeds=kw["input_data"], rtol=rtol, atol=atol, noise_factor=noise_factor, precision=precision)
     if not quiet:
-        click.echo("\n".join(result.lines()))
+        click.echo("\n".join(([why] if why else []) + result.lines()))
     if json_path:
         _write_json(json_path, result.to_dict())
     if not result.ran:

@@ -157,7 +157,9 @@ def _deploy_lines(d: dict) -> list[str]:
                      f"det_scores, det_classes")
     if d.get("output_layout") and d["output_layout"]["layout"] != "anchors-last":
         o = d["output_layout"]
-        lines.append(f"deploy output layout {o['layout']}: {', '.join(o['outputs'].values())}")
+        shapes = o.get("shapes", {})
+        lines.append(f"deploy output layout {o['layout']}: " + ", ".join(
+            f"{name} {shapes[name]}" if name in shapes else name for name in o["outputs"].values()))
     if d.get("metadata"):
         m = d["metadata"]
         shown = {k: v for k, v in m.items() if k not in ("names", "nms")}

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import onnx
 
 from onnxrep import io as _io
@@ -152,6 +153,15 @@ def dynamic_batch(r: Run) -> None:
     r.model, r.batch_info = make_dynamic_batch(r.model)
 
 
+def find_head(r: Run) -> None:
+    """--nms / --output-layout need one detection head: looked up in the graph now (deploy/head.py), so that a
+    model with none or two fails before anything runs (float16 measures its ranges by running the model)."""
+    from onnxrep.deploy.head import the_head
+
+    d = r.options.deploy
+    the_head(r.model, "--nms" if d.nms else "--output-layout")
+
+
 @_timed("float16")
 def to_float16(r: Run) -> None:
     """--precision fp16 (passes/float16.py), its activation ranges measured first with the float32 model."""
@@ -215,9 +225,24 @@ def verify_float_model(r: Run) -> None:
     r.verification = verify(r.original, r.model, feeds=r.verification_feeds(), rtol=v.rtol, atol=v.atol,
                             noise_factor=v.noise_factor, renamed=r.outputs.get("renamed", {}),
                             dropped=r.outputs.get("dropped", ()), strict_outputs=True, precision=p.precision,
-                            detections={"min_agreement": p.min_agreement})
+                            detections={"min_agreement": p.min_agreement}, stack=_stack_plan(r))
     if r.verification.values:
         r.loaded.add(id(r.model))
+
+
+def _stack_plan(r: Run):
+    """--dynamic-batch: the verification itself proves the batch, feeding sample 0 alone and samples 1, 0
+    stacked (batch 1, then 2 with the items swapped: one more image than the plain verification runs).
+    None (the separate batch check) with one sample, or samples that differ in an input without the batch."""
+    from onnxrep.deploy.batch import BATCH
+
+    if not r.options.batch.dynamic:
+        return None
+    feeds = r.verification_feeds()
+    batched = {vi.name for vi in r.model.graph.input if vi.type.tensor_type.shape.dim
+               and vi.type.tensor_type.shape.dim[0].dim_param == BATCH}
+    same = all(np.array_equal(f[k], feeds[0][k]) for f in feeds for k in f if k not in batched)
+    return ([[0], [1, 0]], batched) if len(feeds) >= 2 and batched and same else None
 
 
 def check_batches(r: Run) -> None:
@@ -236,9 +261,11 @@ def check_adapters(r: Run) -> None:
 
     v = r.options.verify
     r.step("checking the deployment adapters")
-    r.verification.add_deploy(check(r.deployed, r.verification_feeds(), seed=v.seed, rtol=v.rtol, atol=v.atol,
-                                    noise_factor=v.noise_factor, values=r.verification.values))
-    r.loaded.add(id(r.deployed.model))
+    checks = check(r.deployed, r.verification_feeds(), seed=v.seed, rtol=v.rtol, atol=v.atol,
+                   noise_factor=v.noise_factor, values=r.verification.values)
+    r.verification.add_deploy(checks)
+    if checks:   # they ran the final model (metadata alone runs nothing)
+        r.loaded.add(id(r.deployed.model))
 
 
 def check_loads(r: Run) -> None:
@@ -296,15 +323,19 @@ STAGES = (
     Stage("passes", "the rewrites themselves", run_passes),
     Stage("dynamic_batch", "after the passes, which would fold a symbolic batch back into constants",
           dynamic_batch, lambda r: r.options.batch.dynamic),
+    Stage("find_head", "before float16, the first stage that runs the model: a usage error costs no run",
+          find_head, lambda r: bool(r.options.deploy.nms) or r.options.deploy.output_layout != "anchors-last"),
     Stage("float16", "the last change of the model's own graph: its ranges are measured on the final float32 "
                      "graph", to_float16, lambda r: r.options.precision.precision == "fp16"),
     Stage("adapters", "around the final graph, and before any proof: a missing head is a usage error that must "
-                      "cost no model run", adapters, lambda r: r.options.deploy.active()),
+                      "cost no model run; --dynamic-batch alone writes the metadata too, as every adapter does",
+          adapters, lambda r: r.options.deploy.active() or r.options.batch.dynamic),
     Stage("check_structure", "the cheapest proof first: the checker needs no model run", check_structure),
     Stage("verify", "the float model against the original, the original run once for all the proofs",
           verify_float_model, lambda r: r.options.verify.enabled),
-    Stage("check_batches", "reuses the verification's inputs and outputs", check_batches,
-          lambda r: r.options.batch.dynamic and _verified(r)),
+    Stage("check_batches", "reuses the verification's inputs and outputs (when the verification could not "
+                           "stack its samples itself)", check_batches,
+          lambda r: r.options.batch.dynamic and _verified(r) and not any(c["check"] == "batch" for c in r.verification.deploy)),
     Stage("check_adapters", "reuses the verification's inputs and outputs", check_adapters,
           lambda r: r.deployed is not None and _verified(r)),
     Stage("check_loads", "the door: onnxruntime loads what will be written, whatever the options", check_loads),

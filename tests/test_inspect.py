@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from onnxrep.cli import main
 from onnxrep.inspect import inspect
-from tests.test_prune_outputs import Toy, dual
+from tests.passes.test_prune_outputs import Toy, dual
 
 
 def _cli(*args):

@@ -37,7 +37,7 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
 
 
-def check_input(deployed, feeds: list[dict], *, seed: int, rtol, atol, noise_factor) -> tuple[dict, list[dict]]:
+def check_input(deployed, feeds: list[dict], *, seed: int, rtol, atol, noise_factor) -> tuple[dict, list[dict], list[dict]]:
     """The folded input model against the explicit one (noise tolerance), and the explicit one against the
     optimized model fed numpy-preprocessed images (bit-exact). Returns the check and the uint8 feeds."""
     from onnxrep.verify import verify
@@ -84,18 +84,27 @@ def _trt_attrs_ok(node: onnx.NodeProto, s) -> list[str]:
 def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, feeds: list[dict],
              prev: list[dict] | None = None) -> tuple[bool, list, list, list]:
     """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`.
-    prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's)."""
+    prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's).
+
+    The whole final model runs on the first sample, and its head tensor must equal `before`'s bit for bit:
+    the graph up to the head is the same. On the other samples only its tail runs (the adapter's nodes, fed
+    `before`'s head tensor): one model run instead of one per sample."""
     opts, head = deployed.options, deployed.head
     if prev is None or any(source not in p for p in prev):
         prev = _run(before, feeds, [source])
+    bad = []
     if opts.nms == "trt":
         node = _trt_node(final)
         bad = _trt_attrs_ok(node, settings)
-        got = _run(final, feeds, [head.output] + list(node.input))
+        names = list(node.input)
     else:
         names = [o.name for o in final.graph.output]
-        bad, got = [], _run(final, feeds, names + [head.output] * (head.output not in names))
-    exact_head = all(_same(p[source], g[head.output]) for p, g in zip(prev, got))
+    names = [n for n in names if n != head.output]
+    got = _run(final, feeds[:1], names + [head.output])
+    if len(feeds) > 1:
+        rest = _run(_tail(final, head, names), [{head.output: p[source]} for p in prev[1:]], names)
+        got += [{**r, head.output: p[source]} for r, p in zip(rest, prev[1:])]
+    exact_head = _same(prev[0][source], got[0][head.output])
     return exact_head, _differing(final, deployed, settings, got), bad, got
 
 
@@ -122,13 +131,13 @@ def _differing(final: onnx.ModelProto, deployed, settings, got: list[dict]) -> l
     return wrong
 
 
-def _nms_tail(model: onnx.ModelProto, head) -> onnx.ModelProto:
-    """The NMS part of an ORT-NMS model alone: the head tensor is its input (a small model)."""
+def _tail(model: onnx.ModelProto, head, outputs: list[str]) -> onnx.ModelProto:
+    """What computes `outputs` from the head tensor, alone: the head tensor is its input (a small model)."""
     from onnxrep.verify.runtime import Cut
 
     elem = head.elem_type or onnx.TensorProto.FLOAT
     inputs = {head.output: helper.make_tensor_value_info(head.output, elem, None)}
-    return Cut(model, [o.name for o in model.graph.output], inputs=inputs).model_proto()
+    return Cut(model, outputs, inputs=inputs).model_proto()
 
 
 def _with_conf(model: onnx.ModelProto, conf: float) -> onnx.ModelProto:
@@ -166,7 +175,7 @@ def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None) -
         probe = f" ({found} detections)"
         if found < MIN_DETECTIONS:   # the deployed graph's NMS, its score threshold lowered
             settings = dataclasses.replace(opts.nms_settings, conf=_probe_conf(got, head))
-            tail = _with_conf(_nms_tail(deployed.model, head), settings.conf)
+            tail = _with_conf(_tail(deployed.model, head, [o.name for o in deployed.model.graph.output]), settings.conf)
             names = [o.name for o in tail.graph.output]
             got2 = [{**dict(zip(names, r.values())), head.output: g[head.output]}
                     for r, g in zip(_run(tail, [{head.output: g[head.output]} for g in got], names), got)]

@@ -59,8 +59,9 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
 def deploy_metadata(head, image_dims: list | None, names: list[str] | None, settings: dict) -> dict[str, str]:
     from onnxrep import __version__
 
-    values = {"task": "detect", "onnxrep_version": __version__}
-    if head is not None:
+    values = {"onnxrep_version": __version__}
+    if head is not None:   # a model without a recognised detection head is no "detect" task
+        values = {"task": "detect", **values}
         if names is not None and len(names) != head.nc:
             raise OnnxrepError(f"--names: {len(names)} names for a head with {head.nc} classes")
         labels = names or [f"class{k}" for k in range(head.nc)]

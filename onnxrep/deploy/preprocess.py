@@ -97,7 +97,7 @@ def add_input_format(model: onnx.ModelProto, fmt: str, bgr: bool, explicit: bool
             made[kernel] = b.const(np.ascontiguousarray(w), base=f"{kernel}_preprocessed")
         node.input[1] = made[kernel]
         node.input[0] = raw
-        folded.append(node.name)
+        folded.append(node.name or f"the Conv computing {node.output[0]!r}")
     nodes = list(model.graph.node)        # the new nodes go first (topological order)
     del model.graph.node[:]
     if fmt == "float":

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import onnx
 
+from onnxrep.io import OnnxrepError
 from onnxrep.verify.inputs import check_feeds, load_input_data, make_inputs, parse_shapes, resolve_shapes
 from onnxrep.verify.noise import Perturbation
 from onnxrep.verify.runtime import session, short as _short
@@ -223,11 +224,54 @@ def plan(original, optimized, renamed: dict | None = None, dropped=None, strict_
     return _output_plan(names, new, dict(renamed or {}), dropped, strict_outputs)
 
 
+def _io_types(model: onnx.ModelProto) -> tuple[dict, dict]:
+    """({input: elem type}, {output: elem type}) as the graph declares them (initializers aside)."""
+    inits = {t.name for t in model.graph.initializer}
+    return ({i.name: i.type.tensor_type.elem_type for i in model.graph.input if i.name not in inits},
+            {o.name: o.type.tensor_type.elem_type for o in model.graph.output})
+
+
+def _computes_in_float16(model: onnx.ModelProto) -> bool:
+    from onnxrep.ir.counts import walk_graphs
+
+    half = onnx.TensorProto.FLOAT16
+    if any(t.data_type == half for t in model.graph.initializer):
+        return True
+    return any(n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute)
+               for g in walk_graphs(model.graph) for n in g.node)
+
+
+def compatible(original, optimized) -> tuple[str, str]:
+    """Can `optimized` be verified against `original`, and at which precision? From the graphs alone, before
+    any run: (precision "same" | "fp16", a line saying why float16 rules apply, or ""). An input whose type
+    differs is one clear error naming the adapter that makes such inputs."""
+    a, b = _as_model(original, structure=True), _as_model(optimized, structure=True)
+    (ins_a, outs_a), (ins_b, outs_b) = _io_types(a), _io_types(b)
+    name = onnx.TensorProto.DataType.Name
+    for k, t in ins_b.items():
+        if k in ins_a and ins_a[k] != t and t:
+            hint = (" (an --input-format uint8 adapter's input: verify the model before the adapter, or let "
+                    "`onnxrep optimize --input-format` prove it)" if t == onnx.TensorProto.UINT8 else
+                    " (--no-keep-io-types: float inputs are fed as the model declares them)" if t == onnx.TensorProto.FLOAT16
+                    else "")
+            if t != onnx.TensorProto.FLOAT16:
+                raise OnnxrepError(f"input {k!r} is {name(t).lower()} in the second model and {name(ins_a[k]).lower()} "
+                                   f"in the first: they can't be fed the same data{hint}")
+    half = onnx.TensorProto.FLOAT16
+    halved = [k for k, t in outs_b.items() if t == half and outs_a.get(k) == onnx.TensorProto.FLOAT]
+    if halved or (not _computes_in_float16(a) and _computes_in_float16(b)):
+        why = (f"outputs {', '.join(halved)} are float16" if halved else "it computes in float16 (float16 weights "
+               "or Casts to float16)")
+        return "fp16", (f"verify: the second model is float16 ({why}): float16 rules (noise at float16's step, "
+                        f"K {NOISE_FACTOR_FP16:g}, detection agreement)")
+    return "same", ""
+
+
 def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict | None = None,
            feeds: list[dict] | None = None, rtol: float | None = None, atol: float | None = None,
            noise_factor: float | None = None, renamed: dict | None = None, dropped=None,
            strict_outputs: bool = False, ref: Reference | None = None, precision: str = "same",
-           detections: dict | None = None) -> Verification:
+           detections: dict | None = None, stack: tuple | None = None) -> Verification:
     """Run both models on the same inputs and compare their outputs (see the module docstring).
 
     original/optimized: ModelProto or path. renamed: original output name -> new name. dropped: outputs of
@@ -239,6 +283,9 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     detection agreement check (`detections`: conf, iou, max_det, min_agreement; `heads`: output -> layout,
     else found in the original's graph). The result's `values` hold the optimized model's compared outputs
     per sample, for the checks that follow (batch, adapters) to reuse.
+    stack: (runs, batched inputs) for a model made dynamic: each run a list of sample indices fed as one
+    batch (their `batched` inputs concatenated on axis 0, the others the first's), each item compared with
+    the original's own result for its sample; the proof of the batch is added to `deploy`.
     """
     renamed = dict(renamed or {})
     pairs, missing, unexpected, not_compared = plan(original, optimized, renamed, dropped, strict_outputs)
@@ -249,15 +296,20 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
                            feeds=feeds, as_float16=precision == "fp16")
     if not ref.ran:
         return Verification(ran=False, ok=False, skipped_reason=ref.skipped_reason)
+    runs, batched = stack or ([[k] for k in range(len(ref.feeds))], set())
+    names = [b for _, b in pairs]
     try:
-        gots = run_outputs(optimized, ref.feeds, [b for _, b in pairs])
+        outs = run_outputs(optimized, [_stacked(ref.feeds, run, batched) for run in runs], names)
     except Exception as exc:  # noqa: BLE001 -- the original runs but ours does not: a failure, not a skip
         return Verification(ran=True, ok=False, skipped_reason=f"onnxruntime cannot run the optimized model ({_short(exc)})")
+    pieces, problems = _pieces(runs, outs, ref.feeds, batched, names)   # (sample, its outputs), one per item
+    gots = [next(got for k, got in pieces if k == i) for i in range(len(ref.feeds)) if any(k == i for k, _ in pieces)]
     checks, levels = [], {}
     for a, b in pairs:
         level = levels[b] = ref.level(a, precision)
         worst = None
-        for clean, got in zip(ref.clean, gots):
+        for k, got in pieces:
+            clean = ref.clean[k]
             want = np.asarray(clean[a])
             have = np.asarray(got[b])
             if precision == "fp16" and have.dtype == np.float16 and want.dtype != np.float16:
@@ -268,16 +320,54 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
             if worst is None or (worst.ok and not c.ok) or (worst.ok == c.ok and c.used > worst.used):
                 worst = c
         checks.append(worst)
-    ok = all(c.ok for c in checks) and not missing and not unexpected
+    ok = all(c.ok for c in checks) and not missing and not unexpected and len(gots) == len(ref.feeds)
     agreements = {}
-    if precision == "fp16":
+    if precision == "fp16" and len(gots) == len(ref.feeds):
         agreements = _agreements(original, pairs, ref, gots, detections or {})
         ok = ok and all(a["rate"] >= a["min_agreement"] for a in agreements.values())
+    deploy = []
+    if stack:
+        how = "; ".join(f"sample{'s' * (len(r) > 1)} {', '.join(map(str, r))} at batch "
+                        f"{sum(_batch_of(ref.feeds[k], batched) for k in r)}" for r in runs)
+        line = (f"dynamic batch: {'ok' if ok and not problems else 'FAIL'}, {how}: each item equal to the "
+                f"original's result for its sample (the outputs' checks above)")
+        deploy.append({"check": "batch", "ok": not problems, "line": line + "".join(f"; {p}" for p in problems[:3])})
+        ok = ok and not problems
     return Verification(ran=True, ok=ok, samples=len(ref.feeds), outputs=checks, agreements=agreements,
                         renamed={a: b for a, b in pairs if a != b}, missing=missing, unexpected=unexpected,
                         not_compared=not_compared, shapes=[{k: list(np.shape(v)) for k, v in f.items()} for f in ref.feeds],
                         noise_measured=ref.noise_measured, noise_error=ref.noise_error, values=gots,
-                        levels=levels)
+                        levels=levels, deploy=deploy)
+
+
+def _batch_of(feed: dict, batched: set) -> int:
+    return int(np.shape(next((feed[k] for k in feed if k in batched), [0]))[0]) if batched else 1
+
+
+def _stacked(feeds: list[dict], run: list[int], batched: set) -> dict:
+    """One run's inputs: the samples' batched inputs concatenated on axis 0, the others the first sample's."""
+    if len(run) == 1:
+        return feeds[run[0]]
+    return {k: (np.concatenate([feeds[i][k] for i in run]) if k in batched else v) for k, v in feeds[run[0]].items()}
+
+
+def _pieces(runs, outs, feeds, batched, names) -> tuple[list, list[str]]:
+    """Each run's outputs cut back into one dict per sample; problems (an output whose batch is not the
+    run's) in words."""
+    pieces, problems = [], []
+    for run, out in zip(runs, outs):
+        if len(run) == 1:
+            pieces.append((run[0], out))
+            continue
+        sizes = [_batch_of(feeds[k], batched) for k in run]
+        bad = [n for n in names if np.ndim(out[n]) == 0 or np.shape(out[n])[0] != sum(sizes)]
+        if bad:
+            problems += [f"batch {sum(sizes)}: output {n} has shape {list(np.shape(out[n]))}" for n in bad]
+            continue
+        starts = np.cumsum([0] + sizes)
+        for k, lo, hi in zip(run, starts[:-1], starts[1:]):
+            pieces.append((k, {n: np.asarray(out[n])[lo:hi] for n in names}))
+    return pieces, problems
 
 
 # A tie: scores within 1.5x the largest move the noisy twin shows at float16's step. An honest float16

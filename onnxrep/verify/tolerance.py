@@ -24,9 +24,9 @@ not used; a rank <= 1 output, or one with no usable axis, has one level.
 K = 20 (``--noise-factor``): no correct rewrite of the 30 builder models and forms used more than 0.084 of
 it (float16 conversions, K = 6: 0.149; peer_benchmarks/calibrate_noise.py), while a 1 % change of one Conv
 kernel moves a well-conditioned model's outputs 100-1,000x its noise level (the mutation sweeps in tests/).
-When the noisy twin can't run (an op it can't wrap), K·level falls back to a fixed share of the output's largest magnitude (2e-5 float32, 1e-2 float16) and the report
-says so. NaN and Inf must sit at the same places with the same signs; integer, bool and string outputs must
-be equal.
+When the noisy twin can't run (an op it can't wrap), K·level falls back to a fixed share of the output's
+largest magnitude (2e-5 float32, 1e-2 float16) and the report says so. NaN and Inf must sit at the same
+places with the same signs; integer, bool and string outputs must be equal.
 """
 
 from __future__ import annotations

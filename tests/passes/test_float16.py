@@ -22,7 +22,7 @@ from onnxrep.cli import main
 from onnxrep.verify import verify
 from onnxrep.verify.detections import agreement, detect, top_anchor_errors
 from tests.graphs import init, make_model, vi
-from tests.test_random_graphs import random_models
+from tests.passes.test_random_graphs import random_models
 
 F16 = TensorProto.FLOAT16
 

@@ -10,7 +10,7 @@ subgraphs that read outer-scope tensors.
     invariant is only "a model onnxruntime loads and runs before still loads and runs after".
 (c) If, Loop and Scan whose bodies read outer-scope float tensors (nested too), with precision fp16 and fp32.
 
-The default run takes a sample; `-m slow` runs every case. `python tests/test_float16_generated.py [--all]`
+The default run takes a sample; `-m slow` runs every case. `python tests/passes/test_float16_generated.py [--all]`
 prints the counts (ops covered, cases run, cases skipped and why).
 """
 
@@ -456,7 +456,7 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":   # python tests/test_float16_generated.py [--all]: run the generators, print counts
+if __name__ == "__main__":   # python tests/passes/test_float16_generated.py [--all]: run the generators, print counts
     every = "--all" in sys.argv
     for op, opset in OP_PARAMS:
         try:

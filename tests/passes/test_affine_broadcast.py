@@ -18,7 +18,7 @@ from onnx import helper
 
 import onnxrep
 from tests.graphs import count_ops, init, make_model, vi
-from tests.test_fold_affine import affine_node, declined
+from tests.passes.test_fold_affine import affine_node, declined
 
 AFFINE = ("Mul", "Add", "Sub", "Div")
 
