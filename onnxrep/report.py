@@ -102,7 +102,9 @@ class Report:
             if verbose:
                 lines.extend(f"    declined {d}" for d in declined)
             half = info.get("float16")
-            if half:   # what stayed float32, and why
+            if half and half.get("ranges_not_measured"):
+                lines.append(f"    float16 range rules off: {half['ranges_not_measured']}")
+            if half and "kept_nodes" in half:   # what stayed float32, and why
                 for reason, nodes in half["kept_nodes"].items():
                     shown = nodes if verbose else nodes[:3]
                     lines.append(f"    float32: {len(nodes)}× {reason}: {', '.join(shown)}"

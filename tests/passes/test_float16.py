@@ -21,7 +21,7 @@ import onnxrep
 from onnxrep.cli import main
 from onnxrep.verify import verify
 from onnxrep.verify.detections import agreement, detect, top_anchor_errors
-from tests.graphs import init, make_model, vi
+from tests.graphs import conv_bn, init, make_model, vi
 from tests.passes.test_random_graphs import random_models
 
 F16 = TensorProto.FLOAT16
@@ -543,3 +543,22 @@ def test_cli_precision_fp16_writes_a_float16_model(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
     r = CliRunner().invoke(main, ["optimize", str(src), "--precision", "fp8"])
     assert r.exit_code == 2
+
+
+def test_ranges_that_could_not_be_measured_are_reported(monkeypatch):
+    """measure_ranges used to return {} on any failure, silently switching the float16 range rules off."""
+    import onnxrep.verify.runtime as runtime
+    from onnxrep.verify.ranges import measure_ranges
+
+    real = runtime.session
+
+    def failing(model, outputs=None, transform=None):
+        if transform is not None and type(transform).__name__ == "_Probes":
+            raise RuntimeError("no kernel for this op")
+        return real(model, outputs, transform)
+
+    monkeypatch.setattr(runtime, "session", failing)
+    peaks, why = measure_ranges(conv_bn(), [{"x": np.ones((1, 4, 8, 8), np.float32)}])
+    assert peaks == {} and "no kernel for this op" in why
+    result = onnxrep.optimize(conv_bn(), precision="fp16", verify=False)
+    assert "float16 range rules off: the float32 model could not be run" in result.report.text()

@@ -319,3 +319,50 @@ def test_cli_verify_catches_a_corrupted_weight(tmp_path, model_file):
     assert runner.invoke(main, ["verify", str(original), str(good)]).exit_code == 0
     caught = runner.invoke(main, ["verify", str(original), str(bad)])
     assert caught.exit_code == 1 and "FAIL" in caught.output
+
+
+# ---------------------------------------------------------------------------------- the verify command
+
+
+def test_cli_verify_reads_float16_from_the_second_model(tmp_path):
+    """`onnxrep verify ORIGINAL FP16` failed a model `optimize --precision fp16` had just verified: the command
+    had no float16 mode. It now takes float16 rules from the second model's types, and says so."""
+    models = pytest.importorskip("models")
+    original = models.build("gelan-t", "bn", imgsz=160)
+    half = onnxrep.optimize(original, precision="fp16")
+    assert half.verified
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(original, a)
+    onnx.save(half.model, b)
+    result = CliRunner().invoke(main, ["verify", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    assert "the second model is float16" in result.output and "detections:" in result.output
+
+
+def test_cli_verify_names_the_adapter_when_inputs_differ_before_running(tmp_path, monkeypatch):
+    models = pytest.importorskip("models")
+    original = models.build("gelan-t", "bn", imgsz=160)
+    uint8 = onnxrep.optimize(original, input_format="uint8-nchw", verify=False)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(original, a)
+    onnx.save(uint8.model, b)
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *x, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    result = CliRunner().invoke(main, ["verify", str(a), str(b)])
+    assert result.exit_code == 2, result.output
+    assert "is uint8 in the second model" in result.output and "--input-format" in result.output
+
+
+def test_no_output_in_common_fails_before_running(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *x, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    a = _two_outputs()
+    b = _two_outputs()
+    for o in b.graph.output:
+        o.name += "_other"
+    for n in b.graph.node:
+        n.output[0] += "_other"
+    v = verify(a, b)
+    assert not v.ok and "no output of the original" in v.skipped_reason
