@@ -2,8 +2,8 @@
 
 Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 internal error, 4 verification could not
 run (onnxruntime cannot run the original: nothing written unless --allow-unverified), 130 interrupted.
-Errors are one line on stderr; -v adds the traceback. Why one module over 400 lines: most of it is the
-option declarations and their help texts (one click decorator each); the logic is in onnxrep.optimize.
+Errors are one line on stderr; -v adds the traceback. The options are declared in cli_options.py; each
+command builds onnxrep.options' groups from them and hands them on (the logic is in onnxrep.run).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from onnxrep.cli_options import (_split_list, bench_runtime_options, deploy_options, output_options,
+                                 precision_options, verify_options, with_options)
 from onnxrep.io import OnnxrepError
 
 EXIT_VERIFY_FAILED = 1
@@ -74,10 +76,6 @@ class Progress:
             sys.stderr.flush()
 
 
-def _split_list(value: str | None) -> tuple:
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
-
-
 def _check_json_target(target: str | None) -> None:
     if target and target != "-":
         folder = Path(target).parent
@@ -96,48 +94,12 @@ def _write_json(target: str, data: dict) -> None:
         raise OnnxrepError(f"--json {target}: cannot write ({exc.strerror or exc})") from exc
 
 
-verify_options = [
-    click.option("--samples", type=click.IntRange(min=1), default=2, show_default=True,
-                 help="Random input samples to compare on (a symbolic batch is fed as 2, then 1)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs."),
-    click.option("--noise-factor", type=click.FloatRange(min=0), default=None,
-                 help="How many times the original's own measured float rounding noise an output channel may "
-                      "move (default 20)."),
-    click.option("--rtol", type=float, default=None, help="Extra tolerance relative to each element (default 0)."),
-    click.option("--atol", type=float, default=None,
-                 help="Extra absolute tolerance on every element (default: none beyond a subnormal, 1e-30 in float32; "
-                      "the tolerance is the measured noise x --noise-factor)."),
-    click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS",
-                 help="Shape for an input with symbolic dimensions, e.g. images=1x3x640x640 or "
-                      "images:1,3,640,640 (repeatable)."),
-    click.option("--input-data", type=click.Path(dir_okay=False), default=None,
-                 help="A .npz file of real inputs (keys = input names) instead of random ones."),
-]
-
-
-def with_options(options):
-    def deco(func):
-        for opt in reversed(options):
-            func = opt(func)
-        return func
-    return deco
-
-
 def _verify_kwargs(samples, seed, noise_factor, rtol, atol, input_shapes, input_data) -> dict:
     from onnxrep.verify import load_input_data, parse_shapes
 
     return dict(samples=samples, seed=seed, rtol=rtol, atol=atol, noise_factor=noise_factor,
                 input_shapes=parse_shapes(input_shapes),
                 input_data=load_input_data(input_data) if input_data else None)
-
-
-bench_runtime_options = [
-    click.option("--runtime", "runtimes", multiple=True, metavar="NAMES",
-                 help="Runtimes to time, comma-separated: ort-cpu, ort-cuda, ort-tensorrt, openvino "
-                      "(default: every available one)."),
-    click.option("--threads", type=click.IntRange(min=1), default=None,
-                 help="Threads for CPU runtimes, the same for every model (default: the runtime's own)."),
-]
 
 
 def _bench(models, labels, *, quiet, runtimes=(), threads=None, input_shapes=(), seed=0, batch=None, warmup=3,
@@ -161,74 +123,6 @@ def _bench(models, labels, *, quiet, runtimes=(), threads=None, input_shapes=(),
     if plot_path:
         report.plot(plot_path)
     return report
-
-
-def _names(ctx, param, value):
-    return _split_list(value)
-
-
-# Which outputs to keep: they flow through optimize(**pass_options) to the prune_outputs pass.
-output_options = [
-    click.option("--aux", type=click.Choice(["auto", "keep"]), default="auto", show_default=True,
-                 help="auto: recognise a training-only auxiliary head (YOLOv9 DualDDetect/TripleDDetect, "
-                      "MultimediaTechLab AUX) by structure and drop it; keep: keep every output."),
-    click.option("--keep-outputs", default=None, metavar="NAMES|INDICES", callback=_names,
-                 help="Keep only these outputs (comma-separated names or 0-based indices); overrides --aux."),
-    click.option("--drop-outputs", default=None, metavar="NAMES|INDICES", callback=_names,
-                 help="Drop these outputs (comma-separated names or 0-based indices); overrides --aux."),
-    click.option("--rename-outputs", is_flag=True,
-                 help="Rename the kept main output to 'output0' (what most YOLOv9 deployment code expects)."),
-]
-
-
-precision_options = [
-    click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-                 help="fp16: after the passes, weights and activations in float16 except where that costs accuracy "
-                      "(each exception listed with its reason); verified against the float32 model at float16 "
-                      "tolerances and by detection agreement."),
-    click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
-                 help="With fp16: graph inputs and outputs stay float32 (one Cast each at the boundary)."),
-    click.option("--fp32-ops", default=None, metavar="OPS", callback=_names,
-                 help="With fp16: op types to keep in float32 (comma-separated, e.g. Sigmoid,Resize)."),
-    click.option("--fp32-nodes", default=None, metavar="NAMES", callback=_names,
-                 help="With fp16: node names (of the optimized graph) to keep in float32."),
-    click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-                 help="With fp16: the share of detections (after NMS, tie-aware) that must agree with float32."),
-]
-
-
-# Deployment adapters (onnxrep/deploy): they flow through optimize(**pass_options) too.
-deploy_options = [
-    click.option("--nms", type=click.Choice(["ort", "trt"]), default=None,
-                 help="Append NMS to the detection head: ort (standard ops: onnxruntime, OpenVINO) or trt (one "
-                      "EfficientNMS_TRT node for TensorRT). Outputs num_dets, det_boxes (x1,y1,x2,y2), det_scores, "
-                      "det_classes, padded to --max-det."),
-    click.option("--conf", type=float, default=0.25, show_default=True, help="With --nms: score threshold (score > conf)."),
-    click.option("--iou", type=float, default=0.45, show_default=True, help="With --nms: IoU above which a box is suppressed."),
-    click.option("--max-det", type=click.IntRange(min=1), default=100, show_default=True,
-                 help="With --nms: detections per image (the outputs are padded to it)."),
-    click.option("--class-agnostic", is_flag=True, help="With --nms: suppress across classes (default: per class)."),
-    click.option("--output-layout", type=click.Choice(["anchors-last", "anchors-first", "split"]), default="anchors-last",
-                 show_default=True, help="The detection output as [B, 4+nc, A], [B, A, 4+nc], or boxes [B, A, 4] and "
-                                         "scores [B, A, nc]."),
-    click.option("--input-format", type=click.Choice(["float", "uint8-nchw", "uint8-nhwc"]), default="float",
-                 show_default=True, help="uint8: the model takes image bytes (0..255); the /255 is folded into the "
-                                         "first Conv."),
-    click.option("--bgr", is_flag=True, help="The model takes BGR images (OpenCV's order); the channel flip is folded "
-                                             "into the first Conv."),
-    click.option("--names", default=None, metavar="FILE",
-                 help="Class names for the metadata: JSON list or {index: name}, a YOLO dataset yaml's names, or one "
-                      "name per line (default: class0, class1, ...)."),
-    click.option("--dynamic-batch", is_flag=True,
-                 help="Make a static batch symbolic: shape constants that bake it in read it at run time (checked at "
-                      "the verification's samples stacked in one batch of 3)."),
-    click.option("--static-batch", type=click.IntRange(min=1), default=None, metavar="N",
-                 help="Fix a symbolic batch to N before the passes (which then fold the shape arithmetic)."),
-    click.option("--overwrite-input-shape", "overwrite_input_shapes", multiple=True, metavar="NAME:DIMS",
-                 help="Fix an input's shape in the model itself, e.g. images:1,3,640,640 (repeatable; as onnxsim)."),
-    click.option("--metadata", is_flag=True, help="Write the deployment metadata (stride, names, imgsz...) even "
-                                                  "without another deployment option."),
-]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -270,8 +164,9 @@ def _pass_names() -> str:
 def optimize(model, output_arg, output, in_place, force, no_verify, allow_unverified, passes, external_data, samples, seed,
              noise_factor, rtol, atol, input_shapes, input_data, json_path, quiet, verbose, **pass_options):
     """Optimize MODEL and write the result to OUTPUT (or -o; verified with onnxruntime)."""
-    import onnxrep
     from onnxrep import io
+    from onnxrep.options import RunOptions
+    from onnxrep.run import execute
 
     if output_arg and output and not io.same_file(Path(output_arg), output):
         raise OnnxrepError(f"two outputs: {output_arg} and -o {output}; give one")
@@ -292,12 +187,14 @@ def optimize(model, output_arg, output, in_place, force, no_verify, allow_unveri
         from onnxrep import bench as bench_mod
 
         bench_mod.parse_runtimes(bench_opts["runtimes"])
+    # the run's option groups, each validated as it is built: every usage error before the model is loaded
+    options = RunOptions.from_kwargs(passes=_split_list(passes) if passes else None, verify=not no_verify,
+                                     allow_unverified=allow_unverified,
+                                     **_verify_kwargs(samples, seed, noise_factor, rtol, atol, input_shapes, input_data),
+                                     **pass_options)
     progress = Progress(not quiet)
     try:
-        result = onnxrep.optimize(model, passes=_split_list(passes) if passes else None, verify=not no_verify,
-                                  allow_unverified=allow_unverified, on_step=progress,
-                                  **_verify_kwargs(samples, seed, noise_factor, rtol, atol, input_shapes, input_data),
-                                  **pass_options)
+        result = execute(model, options, progress)
     finally:
         progress.done()
     report = result.report

@@ -263,3 +263,18 @@ def test_json_to_stdout_is_only_json(tmp_path, model_path):
     result = CliRunner().invoke(main, ["optimize", str(model_path), "-o", str(tmp_path / "o.onnx"), "--json", "-"])
     assert result.exit_code == 0
     assert json.loads(result.stdout)["after"]["batchnorm"] == 0
+
+
+def test_an_empty_output_path_is_an_error(tmp_path, model_path):
+    """`optimize tiny.onnx ""` silently wrote tiny.opt.onnx (issue 24)."""
+    for args in ([str(model_path), ""], [str(model_path), "-o", ""]):
+        result = run("optimize", *args)
+        assert result.exit_code == 2 and "the output path is empty" in result.output, result.output
+    assert not (model_path.parent / (model_path.stem + ".opt.onnx")).exists()
+
+
+def test_the_atol_help_says_what_the_report_prints(model_path):
+    """--help said 1e-6 (float32) / 1e-3 (float16) while every report printed atol 1e-30 (issue 24)."""
+    assert "1e-30" in " ".join(run("optimize", "--help").output.split())
+    result = run("optimize", str(model_path), "-o", str(model_path.parent / "o.onnx"))
+    assert "atol 1e-30" in result.output, result.output

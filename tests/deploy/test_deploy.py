@@ -672,3 +672,37 @@ def _v7_level_model(conf_nodes):
 ])
 def test_yolov7_score_channels_must_be_the_sigmoid_s_at_their_own_anchor(conf_nodes, accepted):
     assert bool(find_heads(_v7_level_model(conf_nodes))[0]) == accepted
+
+
+# ------------------------------------------------------------------ issue 24: what a newcomer tripped over
+
+
+def test_an_input_adapter_on_a_model_without_a_head_writes_no_detect_task():
+    """--input-format on a classifier-like model succeeded and wrote `task: detect`; the report read
+    'preprocessing folded into ' (the Conv had no name)."""
+    from tests.graphs import conv_bn
+
+    m = conv_bn(cin=3, cout=4, size=16)
+    for n in m.graph.node:
+        n.name = ""
+    r = onnxrep.optimize(m, input_format="uint8-nchw")
+    assert r.verified, r.report.text()
+    meta = {p.key: p.value for p in r.model.metadata_props}
+    assert "task" not in meta and "onnxrep_version" in meta
+    line = next(ln for ln in r.report.text().splitlines() if "preprocessing" in ln)
+    assert "folded into the Conv computing" in line, line
+
+
+def test_dynamic_batch_alone_writes_the_metadata_like_every_adapter():
+    r = onnxrep.optimize(models.build("gelan-t", exporter="official", imgsz=160), dynamic_batch=True)
+    assert r.verified
+    meta = {p.key: p.value for p in r.model.metadata_props}
+    assert meta.get("dynamic_batch") == "batch" and meta.get("task") == "detect"
+
+
+def test_an_output_layout_reports_its_new_shapes(tiny):
+    r = onnxrep.optimize(tiny, output_layout="anchors-first", verify=False)
+    line = next(ln for ln in r.report.text().splitlines() if ln.startswith("deploy output layout"))
+    name = r.model.graph.output[0].name
+    dims = [d.dim_value or d.dim_param for d in r.model.graph.output[0].type.tensor_type.shape.dim]
+    assert f"{name} {dims}" in line and dims[2] < dims[1], line
