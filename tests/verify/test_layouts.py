@@ -131,14 +131,14 @@ def _sweep(layout: str, precision: str, every: int):
     return total, caught, must, missed
 
 
-SAMPLE = [("anchors-first", "fp32"), ("split", "fp16"), ("yolov7-grid", "fp32"), ("logits", "fp32"),
-          ("prototypes", "fp16")]
+SAMPLE = [("anchors-first", "fp32"), ("split", "fp32"), ("yolov7-grid", "fp32"), ("logits", "fp32"),
+          ("prototypes", "fp16")]   # float16 on the small net: a float16 YOLO runs slowly on a CPU
 
 
 @pytest.mark.parametrize("layout,precision", SAMPLE)
 def test_mutation_sweep_layouts_sample(layout, precision):
-    """A sample for `make test`: five of the layouts, every 8th Conv (every 3rd of the small nets)."""
-    total, caught, must, missed = _sweep(layout, precision, every=3 if layout in ("prototypes", "logits") else 8)
+    """A sample for `make test`: five of the layouts, every 12th Conv (every 3rd of the small nets)."""
+    total, caught, must, missed = _sweep(layout, precision, every=3 if layout in ("prototypes", "logits") else 12)
     assert total >= 3 and not missed, (total, caught, must, missed)
     if precision == "fp32":
         assert caught == total, (layout, caught, total)
