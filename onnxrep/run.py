@@ -208,10 +208,12 @@ def check_structure(r: Run) -> None:
     original itself passes; a failure names the stage, and for the passes the pass, that broke it."""
     from onnxrep.door import checker_error, culprit
 
+    final = r.deployed.model if r.deployed else r.model
+    if checker_error(final, full=True) is None:
+        return   # the common case: the original's level need not be asked
     full = checker_error(r.original, full=True) is None
     if not full and checker_error(r.original, full=False) is not None:
         return   # the checker rejects the original itself: nothing of ours to prove with it
-    final = r.deployed.model if r.deployed else r.model
     if checker_error(final, full) is None:
         return
     raise InvalidModelError(culprit(r, lambda m: checker_error(m, full)))
@@ -228,8 +230,15 @@ def verify_float_model(r: Run) -> None:
                             noise_factor=v.noise_factor, renamed=r.outputs.get("renamed", {}),
                             dropped=r.outputs.get("dropped", ()), strict_outputs=True, precision=p.precision,
                             detections={"min_agreement": p.min_agreement}, stack=_stack_plan(r))
-    if r.verification.values:
+    if r.verification.values and _whole(r.model):
         r.loaded.add(id(r.model))
+
+
+def _whole(model: onnx.ModelProto) -> bool:
+    """Every node of the model feeds an output: a run of its outputs loaded all of it in onnxruntime."""
+    from onnxrep.verify.runtime import Cut
+
+    return all(Cut(model).keep)
 
 
 def _stack_plan(r: Run):
@@ -266,7 +275,7 @@ def check_adapters(r: Run) -> None:
     checks = check(r.deployed, r.verification_feeds(), seed=v.seed, rtol=v.rtol, atol=v.atol,
                    noise_factor=v.noise_factor, values=r.verification.values)
     r.verification.add_deploy(checks)
-    if checks:   # they ran the final model (metadata alone runs nothing)
+    if checks and _whole(r.deployed.model):   # they ran the final model (metadata alone runs nothing)
         r.loaded.add(id(r.deployed.model))
 
 
@@ -354,8 +363,9 @@ def execute(model_or_path, options: RunOptions, on_step=None, stages=STAGES):
     for stage in stages:
         if stage.when(r):
             stage.run(r)
-            if r.model is not None and (not r.history or r.history[-1][1] is not r.model):
-                r.history.append((stage.name, r.model))
+            current = r.model if r.model is not None else r.source   # fix_shapes changes the source
+            if current is not r.original and (not r.history or r.history[-1][1] is not current):
+                r.history.append((stage.name, current))
             if r.deployed is not None and r.history[-1][1] is not r.deployed.model:
                 r.history.append((stage.name, r.deployed.model))
     return Result(model=r.model, report=r.report, verification=r.verification, source=r.info,

@@ -95,10 +95,6 @@ class Verification:
         self.ok = self.ok and all(c["ok"] for c in checks)
 
 
-def _session(model, workdir: str | None = None):
-    return session(model)
-
-
 def _as_model(model, structure: bool = False) -> onnx.ModelProto:
     """A ModelProto (borrowed), or the file loaded (only its structure when that is all that is read)."""
     if isinstance(model, onnx.ModelProto):
@@ -201,7 +197,26 @@ def _noisy_runs(original, outputs, feeds, clean, seed, as_float16) -> tuple[list
     changed = [o for o in outputs if any(np.shape(n[o]) != np.shape(c[o]) for n, c in zip(noisy, clean))]
     if changed:
         return [], f"the perturbed twin's {', '.join(changed)} changed shape"
+    if not as_float16:   # one step of float32 rounding moves a network's outputs by 1e-7..1e-3 of their range:
+        jumped = [o for o in outputs if any(_jump(c[o], n[o]) for n, c in zip(noisy, clean))]   # more is a jump
+        if jumped:
+            return [], (f"the perturbed twin's {', '.join(jumped)} jumped (more than {JUMP:g} of the output's range: "
+                        f"exact arithmetic the twin should not have moved)")
     return noisy, ""
+
+
+JUMP = 1e-2   # the share of an output's range that no rounding step moves it by (see _noisy_runs)
+
+
+def _jump(clean, noisy) -> bool:
+    c, n = np.asarray(clean), np.asarray(noisy)
+    if c.dtype not in (np.float32, np.float64) or not c.size:   # float16's own step moves a deep net that far
+        return False
+    with np.errstate(invalid="ignore", over="ignore"):
+        a, b = c.astype(np.float64), n.astype(np.float64)
+        finite = np.isfinite(a) & np.isfinite(b)
+        scale = float(np.max(np.abs(a[finite]), initial=0.0))
+        return bool(np.any(np.abs(a - b)[finite] > JUMP * scale)) if scale else False
 
 
 def run_outputs(model, feeds: list[dict], names: list[str]) -> list[dict]:
@@ -292,6 +307,12 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     if not pairs:
         return Verification(ran=True, ok=False, missing=missing, unexpected=unexpected,
                             skipped_reason="no output of the original is in the optimized model")
+    if ref is not None:
+        lacking = [a for a, _ in pairs if a not in ref.outputs]
+        if lacking or ref.as_float16 != (precision == "fp16"):
+            raise ValueError(f"verify(ref=...): the reference lacks {lacking}" if lacking else
+                             f"verify(ref=...): a reference measured at {'float16' if ref.as_float16 else 'its own'} "
+                             f"step for precision {precision!r}")
     ref = ref or reference(original, outputs=[a for a, _ in pairs], samples=samples, seed=seed, shapes=shapes,
                            feeds=feeds, as_float16=precision == "fp16")
     if not ref.ran:

@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from onnxrep.verify.runtime import _all_nodes, _reads
+
 SUFFIX = "__onnxrep_noise"
 ROUNDING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "AveragePool", "Add", "Sum"}
 ARITHMETIC = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
@@ -62,10 +64,47 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+# Where a float becomes discrete: index, shape and count inputs, rounding to an integer, casts to one. A value
+# that reaches any of these is exact arithmetic (a position table, a scale times a size), not something a
+# rewrite re-rounds: moving it by one step can move an index by one, and the twin would then measure a jump.
+DISCRETE_INPUTS = {"Floor": (0,), "Ceil": (0,), "Round": (0,), "Gather": (1,), "GatherElements": (1,),
+                   "GatherND": (1,), "ScatterND": (1,), "ScatterElements": (1,), "Slice": (1, 2, 3, 4),
+                   "Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Expand": (1,), "Tile": (1,),
+                   "Range": (0, 1, 2), "ConstantOfShape": (0,), "TopK": (1,), "OneHot": (1,), "Pad": (1,),
+                   "Squeeze": (1,), "Unsqueeze": (1,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,),
+                   "ReduceMin": (1,), "Split": (1,), "NonMaxSuppression": (2,)}
+_INTEGER = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
+            TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL}
+
+
+def exact(graph: onnx.GraphProto) -> set[str]:
+    """Names of the values a discrete use (DISCRETE_INPUTS, a Cast to an integer type) is computed from,
+    through every op but Shape and Size (which read no values): the twin moves none of them. Nodes inside subgraphs count, and a subgraph's node makes
+    every name its graph reads exact when one of its own inputs is (an outer value may feed it)."""
+    producers = {o: n for n in graph.node for o in n.output if o}
+    seeds = []
+    for node in _all_nodes(graph):
+        slots = DISCRETE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+        if node.op_type == "Cast" and any(a.name == "to" and a.i in _INTEGER for a in node.attribute):
+            slots = (0,)
+        seeds += [node.input[k] for k in slots if k < len(node.input) and node.input[k]]
+    out, todo = set(), list(seeds)
+    while todo:
+        name = todo.pop()
+        if name in out:
+            continue
+        out.add(name)
+        node = producers.get(name)
+        if node is not None and node.op_type not in ("Shape", "Size"):   # those read a shape, not values
+            todo += list(_reads(node))
+    return out
+
+
 def perturbable(graph: onnx.GraphProto) -> set[str]:
-    """Names of the constants (initializers, Constant nodes) that only ARITHMETIC reads, through Identity."""
+    """Names of the constants (initializers, Constant nodes) that only ARITHMETIC reads (through Identity,
+    in subgraphs too), and that no discrete use is computed from (exact())."""
     readers: dict[str, set[str]] = {}
-    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity" and n.input and n.output}
+    alias = {n.output[0]: n.input[0] for n in _all_nodes(graph) if n.op_type == "Identity" and n.input and n.output}
 
     def root(name: str) -> str:
         seen = set()
@@ -74,7 +113,7 @@ def perturbable(graph: onnx.GraphProto) -> set[str]:
             name = alias[name]
         return name
 
-    for node in graph.node:
+    for node in _all_nodes(graph):
         for i in node.input:
             if i and node.op_type != "Identity":
                 readers.setdefault(root(i), set()).add(node.op_type if node.domain in ("", "ai.onnx") else "?")
@@ -82,7 +121,8 @@ def perturbable(graph: onnx.GraphProto) -> set[str]:
         readers.setdefault(root(out.name), set()).add("?")
     consts = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
     inputs = {i.name for i in graph.input}
-    return {c for c in consts if c not in inputs and readers.get(c) and readers[c] <= ARITHMETIC}
+    fixed = exact(graph)
+    return {c for c in consts if c not in inputs and c not in fixed and readers.get(c) and readers[c] <= ARITHMETIC}
 
 
 def _perturb(t: onnx.TensorProto, rng: np.random.Generator, step: float | None) -> onnx.TensorProto | None:
@@ -111,11 +151,14 @@ class Perturbation:
         self.moved = 0
         self.model = model
 
-    def __call__(self, tensor: onnx.TensorProto) -> onnx.TensorProto | None:
-        if tensor.name not in self.names:
+    def __call__(self, tensor: onnx.TensorProto, name: str | None = None) -> onnx.TensorProto | None:
+        """`tensor` moved, or None. name: the value's name when it is not the tensor's (a Constant node's)."""
+        name = name or tensor.name
+        if name not in self.names:
             return None
+        tensor = _named(tensor, name)
         # one generator per tensor, seeded by its name: the same perturbation whatever the order of writing
-        rng = np.random.default_rng([self.seed, *tensor.name.encode()])
+        rng = np.random.default_rng([self.seed, *name.encode()])
         new = _perturb(tensor, rng, self.step)
         self.moved += new is not None
         return new
@@ -125,6 +168,7 @@ class Perturbation:
         element of the output's shape with the batch axis and, for a feature map, its rows left out (one
         factor for an unsized axis). Returns the factors: initializers for the writer to add."""
         shapes = _value_shapes(self.model)
+        fixed = exact(self.model.graph)
         rng = np.random.default_rng([self.seed, 1])
         nodes, factors = [], []
         for node in head.graph.node:
@@ -133,7 +177,7 @@ class Perturbation:
                 continue
             y = node.output[0]
             elem, dims = shapes.get(y, (None, None))
-            if elem not in _NP:
+            if elem not in _NP or y in fixed or not dims:   # exact arithmetic, or a scalar (shape arithmetic)
                 continue
             e = ULP[elem] if self.step is None else max(self.step, ULP[elem])
             # a factor per element but along one axis (the batch's, and a 2-D map's rows): a few thousand
@@ -150,6 +194,15 @@ class Perturbation:
         head.graph.node.extend(nodes)
         self.moved += len(factors)
         return factors
+
+
+def _named(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    if tensor.name == name:
+        return tensor
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    return copy
 
 
 def _draw(rng: np.random.Generator, shape, coarse: bool) -> np.ndarray:

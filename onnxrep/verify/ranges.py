@@ -29,7 +29,7 @@ class _Probes:
                       for o in node.output if o and types.get(o) == TensorProto.FLOAT]
         self.probes = [f"{o}{_PROBE}" for o in self.names]
 
-    def __call__(self, tensor):
+    def __call__(self, tensor, name=None):
         return None
 
     def rewrite(self, head: onnx.ModelProto) -> list:

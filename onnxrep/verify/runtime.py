@@ -20,7 +20,18 @@ import onnx
 
 from onnxrep.io import EXTERNAL_DATA_THRESHOLD, _write_model, copy_fields
 
-Transform = Callable[[onnx.TensorProto], "onnx.TensorProto | None"]   # None: the tensor as it is
+# (tensor, its value's name when not the tensor's own: a Constant node's) -> a new tensor, or None: as it is
+Transform = Callable[..., "onnx.TensorProto | None"]
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Every node of a graph and of its subgraphs, at any depth."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                      list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
+                yield from _all_nodes(g)
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:
@@ -30,8 +41,8 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     for attr in node.attribute:
         for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
                   list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
-            for inner in g.node:
-                names |= _reads(inner)
+            for inner in _all_nodes(g):
+                names |= set(inner.input)
     names.discard("")
     return names
 
@@ -40,9 +51,11 @@ class Cut:
     """A model cut to the cone of some of its outputs (every graph input kept, so the same feeds run it),
     as a head without initializers and the initializers it needs, both read from the model (not copied)."""
 
-    def __init__(self, model: onnx.ModelProto, outputs: list[str] | None = None, inputs: dict | None = None):
+    def __init__(self, model: onnx.ModelProto, outputs: list[str] | None = None, inputs: dict | None = None,
+                 whole: bool = False):
         """outputs: graph outputs or any tensors (default: the graph outputs); inputs: {tensor: ValueInfoProto}
-        that become graph inputs, the nodes that computed them cut away (a model's tail)."""
+        that become graph inputs, the nodes that computed them cut away (a model's tail); whole: keep every
+        node, even those no output needs (what onnxruntime must load is the whole file)."""
         g = model.graph
         self.model = model
         self.outputs = [o.name for o in g.output] if outputs is None else list(outputs)
@@ -51,7 +64,7 @@ class Cut:
         keep = [False] * len(g.node)
         for k in range(len(g.node) - 1, -1, -1):   # nodes are topologically sorted (onnx.checker requires it)
             node = g.node[k]
-            if any(o in need and o not in self.inputs for o in node.output):
+            if whole or any(o in need and o not in self.inputs for o in node.output):
                 keep[k] = True
                 need |= _reads(node)
         if not self.inputs:   # every input kept, and an initializer listed as an input (a default value)
@@ -64,7 +77,12 @@ class Cut:
         head = onnx.ModelProto()
         copy_fields(self.model, head, skip={"graph"})
         copy_fields(g, head.graph, skip={"node", "initializer", "sparse_initializer", "output", "value_info"})
-        head.graph.node.extend(n for n, k in zip(g.node, self.keep) if k)
+        for n, k in zip(g.node, self.keep):
+            if k:
+                head.graph.node.append(n)
+                if self.inputs and any(o in self.inputs for o in n.output):   # a tail: one output of a kept
+                    node = head.graph.node[-1]                                # node may be its input now
+                    node.output[:] = ["" if o in self.inputs else o for o in node.output]
         if self.inputs:   # a tail is fed only what it reads
             kept_inputs = [i for i in head.graph.input if i.name in self.need]
             del head.graph.input[:]
@@ -76,17 +94,18 @@ class Cut:
                                  for o in self.outputs)
         head.graph.value_info.extend(v for v in g.value_info if v.name in self.need and v.name not in self.inputs
                                      and v.name not in self.outputs)
-        used = {n.domain for n in head.graph.node} | {"", "ai.onnx"}
+        used = {n.domain for n in _all_nodes(head.graph)} | {"", "ai.onnx"}
         kept = [o for o in head.opset_import if o.domain in used]   # a domain only a cut node used (a TensorRT plugin's)
         del head.opset_import[:]
         head.opset_import.extend(kept)
         if transform is not None:
             for node in head.graph.node:
-                if node.op_type == "Constant":
+                if node.op_type == "Constant" and node.output:
                     for attr in node.attribute:
                         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                            new = transform(attr.t)
+                            new = transform(attr.t, node.output[0])
                             if new is not None:
+                                new.name = attr.t.name
                                 attr.t.CopyFrom(new)
         return head
 
@@ -100,19 +119,13 @@ class Cut:
         return m
 
 
-def cone(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
-    """The model cut to what `outputs` need, or the model itself when that is everything."""
-    if [o.name for o in model.graph.output] == list(outputs):
-        return model
-    return Cut(model, outputs).model_proto()
-
-
 def _options():
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.enable_mem_pattern = False   # its planned block grows again on the second run of a large model
+    so.enable_cpu_mem_arena = False  # the arena grows by powers of two: 1.9 GB peak against 1.3 GB on yolov9-e
     # Kahn's order (the default) runs a probe or a twin's factor long after the value it reads, keeping whole
     # activations alive: measure_ranges peaked 1.5 GB higher on yolov9-c at 640; the same for plain models
     so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
@@ -121,16 +134,17 @@ def _options():
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, outputs: list[str] | None = None,
-            transform: Transform | None = None):
+            transform: Transform | None = None, whole: bool = False):
     """An onnxruntime CPU session with graph optimizations disabled (their fusions on both sides would hide a
-    wrong rewrite), of `model` cut to `outputs` (default: all), its initializers passed through `transform`."""
+    wrong rewrite), of `model` cut to `outputs` (default: all), its initializers passed through `transform`;
+    whole: every node kept (Cut)."""
     import onnxruntime as ort
 
     if not isinstance(model, onnx.ModelProto):
         if outputs is None and transform is None:
             return ort.InferenceSession(str(model), _options(), providers=["CPUExecutionProvider"])
         model = onnx.load(str(model))
-    cut = Cut(model, outputs)
+    cut = Cut(model, outputs, whole=whole)
     head = cut.head(transform)
     extra = transform.rewrite(head) if hasattr(transform, "rewrite") else []   # the noisy twin's factors
     initializers = (transform(t) or t for t in cut.initializers()) if transform else cut.initializers()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -444,7 +445,7 @@ def export_v7(name: str, forms, out: Path, imgsz: int, seed: int) -> None:
 
 def main(argv: list[str]) -> int:
     out = Path(argv[0])
-    imgsz = 160
+    imgsz = int(os.environ.get("ONNXREP_REAL_IMGSZ", 160))   # YOLO models; 640 for peer_benchmarks/tool_time.py
     for spec in argv[1:]:
         name, _, forms = spec.partition(":")
         forms = [f for f in forms.split(",") if f] or list(FORMS)

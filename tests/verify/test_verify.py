@@ -366,3 +366,80 @@ def test_no_output_in_common_fails_before_running(monkeypatch):
         n.output[0] += "_other"
     v = verify(a, b)
     assert not v.ok and "no output of the original" in v.skipped_reason
+
+
+# ------------------------------------------- the twin leaves exact arithmetic alone (review of issue 28)
+
+
+def _index_model(scale=1.0, through_shape=False):
+    """y = x[:, idx] * w where idx comes from float arithmetic: a position table [1, 2, 3] + 0 (or the
+    input's width, cast to float), Floor, Cast to int64. Moving that arithmetic by one step moves the index."""
+    from onnx import numpy_helper as nh
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    inits = [nh.from_array(np.array([[1.5, 2.5, 3.5]], np.float32) * np.float32(scale), "w"),
+             nh.from_array(np.array([1.0, 2.0, 3.0], np.float32), "p"), nh.from_array(np.zeros(3, np.float32), "off"),
+             nh.from_array(np.array(1, np.int64), "i1"), nh.from_array(np.array([-1.0, -2.0, -3.0], np.float32), "back")]
+    if through_shape:   # the width, as a float, minus 1..3: indices 7, 6, 5
+        nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i1"], ["n"], axis=0),
+                 helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+                 helper.make_node("Add", ["nf", "back"], ["q"])]
+    else:
+        nodes = [helper.make_node("Add", ["p", "off"], ["q"])]
+    nodes += [helper.make_node("Floor", ["q"], ["fq"]), helper.make_node("Cast", ["fq"], ["i"], to=TensorProto.INT64),
+              helper.make_node("Gather", ["x", "i"], ["gx"], axis=1), helper.make_node("Mul", ["gx", "w"], ["y"])]
+    g = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("through_shape", [False, True])
+def test_the_twin_does_not_move_exact_index_arithmetic(through_shape):
+    """Regression: the twin perturbed a float position table (and the Add after it) that a Floor/Cast turned
+    into Gather indices; its 'noise' became a jump between elements, and a 1 % wrong model was verified."""
+    feeds = [{"x": np.arange(8, dtype=np.float32)[None] * 10 + 1}, {"x": np.arange(8, dtype=np.float32)[None] * 7 + 3}]
+    ref = reference(_index_model(through_shape=through_shape), feeds=feeds)
+    assert ref.noise_error == "" and all(np.array_equal(np.floor(c["y"] / 1e9), np.floor(n["y"] / 1e9))
+                                         for c, n in zip(ref.clean, ref.noisy))
+    assert all(np.allclose(c["y"], n["y"], rtol=1e-5) for c, n in zip(ref.clean, ref.noisy))
+    v = verify(_index_model(through_shape=through_shape), _index_model(1.01, through_shape), feeds=feeds)
+    assert not v.ok and v.outputs[0].used > 100, v.lines()
+
+
+def test_a_twin_that_jumps_is_reported_not_trusted(monkeypatch):
+    """The safety net: a twin that moves an output by more than JUMP of its range measured no rounding. With
+    the exact-arithmetic analysis switched off, the integer positions 1, 2, 3 move a step down for this seed
+    (deterministic), Floor moves the index, and the noise is reported as not measured instead of used."""
+    import onnxrep.verify.noise as noise
+
+    monkeypatch.setattr(noise, "exact", lambda graph: set())
+    feeds = [{"x": np.arange(8, dtype=np.float32)[None] * 10 + 1}]
+    ref = reference(_index_model(), feeds=feeds)
+    assert not ref.noise_measured and "jumped" in ref.noise_error, ref.noise_error
+
+
+def test_a_reference_for_other_outputs_is_a_clear_error():
+    model = _two_outputs()
+    ref = reference(model, outputs=["a"])
+    with pytest.raises(ValueError, match="lacks"):
+        verify(model, model, ref=ref)
+    with pytest.raises(ValueError, match="step"):
+        verify(model, model, ref=reference(model), precision="fp16")
+
+
+def test_constant_node_weights_are_perturbed_by_the_twin():
+    """Regression: a Constant node's tensor was looked up by the attribute's own (empty) name, never moved."""
+    from onnxrep.verify.noise import Perturbation
+    from onnxrep.verify.runtime import Cut
+
+    model = conv_bn()
+    w = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    model.graph.initializer.remove(w)
+    value = onnx.TensorProto()
+    value.CopyFrom(w)
+    value.name = ""
+    model.graph.node.insert(0, helper.make_node("Constant", [], [w.name], value=value))
+    twin = Perturbation(model, 1)
+    head = Cut(model).head(twin)
+    const = next(n for n in head.graph.node if n.op_type == "Constant")
+    moved = onnx.numpy_helper.to_array(const.attribute[0].t)
+    assert twin.moved >= 1 and not np.array_equal(moved, onnx.numpy_helper.to_array(value))
