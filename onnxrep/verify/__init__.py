@@ -197,15 +197,17 @@ def _noisy_runs(original, outputs, feeds, clean, seed, as_float16) -> tuple[list
     changed = [o for o in outputs if any(np.shape(n[o]) != np.shape(c[o]) for n, c in zip(noisy, clean))]
     if changed:
         return [], f"the perturbed twin's {', '.join(changed)} changed shape"
-    if not as_float16:   # one step of float32 rounding moves a network's outputs by 1e-7..1e-3 of their range:
-        jumped = [o for o in outputs if any(_jump(c[o], n[o]) for n, c in zip(noisy, clean))]   # more is a jump
+    if not as_float16:   # one step of float32 rounding moves even a chaotic random-weight network's outputs by
+        # a few percent of their range at most (yolov9-e at 640: 1.5 %, as PyTorch and onnxruntime differ); a
+        # quarter of it is a jump (an index moved), not rounding
+        jumped = [o for o in outputs if any(_jump(c[o], n[o]) for n, c in zip(noisy, clean))]
         if jumped:
             return [], (f"the perturbed twin's {', '.join(jumped)} jumped (more than {JUMP:g} of the output's range: "
                         f"exact arithmetic the twin should not have moved)")
     return noisy, ""
 
 
-JUMP = 1e-2   # the share of an output's range that no rounding step moves it by (see _noisy_runs)
+JUMP = 0.25   # the share of an output's range that no rounding step moves it by (see _noisy_runs)
 
 
 def _jump(clean, noisy) -> bool:

@@ -79,8 +79,8 @@ _INTEGER = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.
 
 def exact(graph: onnx.GraphProto) -> set[str]:
     """Names of the values a discrete use (DISCRETE_INPUTS, a Cast to an integer type) is computed from,
-    through every op but Shape and Size (which read no values): the twin moves none of them. Nodes inside subgraphs count, and a subgraph's node makes
-    every name its graph reads exact when one of its own inputs is (an outer value may feed it)."""
+    through every op but Shape and Size (which read no values): the twin moves none of them. Nodes inside
+    subgraphs count; a node with a subgraph reads every name its subgraph reads."""
     producers = {o: n for n in graph.node for o in n.output if o}
     seeds = []
     for node in _all_nodes(graph):
