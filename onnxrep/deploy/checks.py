@@ -101,8 +101,10 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
         names = [o.name for o in final.graph.output]
     names = [n for n in names if n != head.output]
     got = _run(final, feeds[:1], names + [head.output])
-    if len(feeds) > 1:
-        rest = _run(_tail(final, head, names), [{head.output: p[source]} for p in prev[1:]], names)
+    if len(feeds) > 1:   # the tail computes what the adapter made (other outputs, a YOLOv7's raw levels, aside)
+        made = (list(OUTPUTS) if opts.nms == "ort" else names if opts.nms == "trt" else list(deployed.outputs.values()))
+        made = [n for n in names if n in made]
+        rest = _run(_tail(final, head, made), [{head.output: p[source]} for p in prev[1:]], made)
         got += [{**r, head.output: p[source]} for r, p in zip(rest, prev[1:])]
     exact_head = _same(prev[0][source], got[0][head.output])
     return exact_head, _differing(final, deployed, settings, got), bad, got

@@ -132,7 +132,7 @@ def _perturb(t: onnx.TensorProto, rng: np.random.Generator, step: float | None) 
     if a.size < 2:
         return None
     e = ULP[t.data_type] if step is None else max(step, ULP[t.data_type])
-    moved = (a.astype(np.float64) * (1.0 + e * _draw(rng, a.shape, e > ULP[t.data_type]))).astype(a.dtype)
+    moved = (a.astype(np.float64) * (1.0 + e * _draw(rng, a.shape, _uniform(t.data_type, e)))).astype(a.dtype)
     return numpy_helper.from_array(moved, t.name or None)
 
 
@@ -184,7 +184,7 @@ class Perturbation:
             # numbers for a feature map, independent across the terms any one output element sums
             view = [d if isinstance(d, int) and d > 0 and k != 0 and not (len(dims) >= 4 and k == 2) else 1
                     for k, d in enumerate(dims or [])]
-            u = _draw(rng, view, e > ULP[elem])
+            u = _draw(rng, view, _uniform(elem, e))
             name = f"{y}{SUFFIX}_factor"
             factors.append(numpy_helper.from_array((1.0 + e * u).astype(_NP[elem]), name))
             raw = f"{y}{SUFFIX}_raw"
@@ -203,6 +203,12 @@ def _named(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     copy.CopyFrom(tensor)
     copy.name = name
     return copy
+
+
+def _uniform(elem: int, e: float) -> bool:
+    """A uniform u (the error of a rounding) for a step coarser than the type's own and for float16/bfloat16
+    values; +-1 steps for float32/float64 at their own step, where a uniform u would mostly round back."""
+    return e > ULP[elem] or elem not in (TensorProto.FLOAT, TensorProto.DOUBLE)
 
 
 def _draw(rng: np.random.Generator, shape, coarse: bool) -> np.ndarray:

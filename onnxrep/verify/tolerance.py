@@ -47,6 +47,8 @@ UNMEASURED = {"float32": 2e-5, "float64": 1e-11, "float16": 1e-2, "bfloat16": 5e
 QUANTILE = 0.9
 LIKE = 10.0      # slices whose magnitudes are within this factor pool their relative noise
 GRID = 16        # ... measured on a grid of 1/GRID decade (a few hundred quantiles for any axis length)
+LARGE_SLICE = 256   # elements (over all samples) a slice needs for its pooled noise to be a 90th percentile
+SMALL_QUANTILE = 0.99   # ... below it, nearly the most its like slices show
 # dtype -> (unit in the last place relative to the magnitude, default atol). The atol only matters where a
 # whole slice of the original is 0 (its level is 0 too): there it forgives a subnormal and nothing more.
 DTYPES = {"float32": (2.0 ** -23, 1e-30), "float64": (2.0 ** -52, 1e-300), "float16": (2.0 ** -10, 2.0 ** -24),
@@ -103,7 +105,7 @@ class OutputCheck:
     axis: int | None = None       # the axis whose level bounded the worst element
 
 
-def _pooled(noise: np.ndarray, scale: np.ndarray, seen: np.ndarray) -> np.ndarray:
+def _pooled(noise: np.ndarray, scale: np.ndarray, seen: np.ndarray, quantile: float = QUANTILE) -> np.ndarray:
     """Q90 of the relative noise over the slices of like magnitude (within LIKE, on the GRID), times scale.
     The relative noise of a slice is its noise over its magnitude on the samples the twin ran on (`seen`);
     a slice that was all zeros there has none of its own, and one with no like slice takes the Q90 of all."""
@@ -115,19 +117,19 @@ def _pooled(noise: np.ndarray, scale: np.ndarray, seen: np.ndarray) -> np.ndarra
     cells_known = np.round(np.log10(scale[known]) * GRID).astype(np.int64)
     order = np.argsort(cells_known, kind="stable")
     cells, rel = cells_known[order], (noise[known] / seen[known])[order]
-    overall = float(np.quantile(rel, QUANTILE))
+    overall = float(np.quantile(rel, quantile))
     reach = int(round(np.log10(LIKE) * GRID))
     cell = np.round(np.log10(scale[live]) * GRID).astype(np.int64)
     for c in np.unique(cell):
         lo, hi = np.searchsorted(cells, c - reach, "left"), np.searchsorted(cells, c + reach, "right")
-        q = float(np.quantile(rel[lo:hi], QUANTILE)) if hi > lo else overall
+        q = float(np.quantile(rel[lo:hi], quantile)) if hi > lo else overall
         members = live[cell == c]
         pooled[members] = q * scale[members]
     return pooled
 
 
 def levels(noise: np.ndarray | None, scale: np.ndarray, dtype: str, factor: float = NOISE_FACTOR,
-           seen: np.ndarray | None = None) -> np.ndarray:
+           seen: np.ndarray | None = None, per_slice: int | None = None) -> np.ndarray:
     """level_k of the module docstring along one axis (noise None: not measured: K x level is
     UNMEASURED[dtype] of the output's range, for the K `factor` it will be multiplied by). seen: the slices'
     magnitudes on the samples the noise was measured on (default: scale)."""
@@ -139,7 +141,10 @@ def levels(noise: np.ndarray | None, scale: np.ndarray, dtype: str, factor: floa
         return np.maximum(floor, share * (float(scale.max()) if scale.size else 0.0))
     noise = np.asarray(noise, np.float64)
     seen = scale if seen is None else np.asarray(seen, np.float64)
-    return np.maximum.reduce([noise, _pooled(noise, scale, seen), floor])
+    # a slice of few elements (an anchor's 4 + nc values) estimates its noise from a handful of draws: it takes
+    # the most its like slices show, not their 90th percentile, so it is never the tightest by chance
+    quantile = QUANTILE if per_slice is None or per_slice >= LARGE_SLICE else SMALL_QUANTILE
+    return np.maximum.reduce([noise, _pooled(noise, scale, seen, quantile), floor])
 
 
 def output_levels(refs: list, noises: list | None, dtype: str, factor: float = NOISE_FACTOR) -> Level:
@@ -155,7 +160,8 @@ def output_levels(refs: list, noises: list | None, dtype: str, factor: float = N
                 noise = np.max([per_axis(np.asarray(n, np.float64) - np.asarray(r, np.float64), axis)
                                 for r, n in zip(refs, noises)], axis=0)
             seen = np.max([per_axis(r, axis) for r in refs[:len(noises)]], axis=0)
-        out[axis] = levels(noise, scale, dtype, factor, seen)
+        per_slice = int(sum(np.size(r) for r in refs) // max(1, np.size(scale)))
+        out[axis] = levels(noise, scale, dtype, factor, seen, per_slice)
     return out
 
 
