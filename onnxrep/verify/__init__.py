@@ -394,7 +394,7 @@ def _pieces(runs, outs, feeds, batched, names) -> tuple[list, list[str]]:
 
 
 # A tie: scores within 1.5x the largest move the noisy twin shows at float16's step. An honest float16
-# conversion moved the scores at most 0.68x that far (yolov9-e; 0.42x or less on the others) over the 30
+# conversion moved the scores at most 0.68x that far (yolov9-e; 0.42x or less on the others) over the 28
 # builder models and forms of peer_benchmarks/calibrate_noise.py (it writes out/calibration.json).
 EPS_FACTOR = 1.5
 TWIN_SLACK = 2.5   # the conversion may disagree 2.5x as often as the twin does (it moved outputs <= 2.2x as far)
