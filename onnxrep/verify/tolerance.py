@@ -20,8 +20,9 @@ these samples from getting a tolerance far below its neighbours' (the maximum of
 heavy-tailed errors varies 10-50x between draws of the noise); a slice of fewer than 256 elements over all
 samples (an anchor's 4 + nc values) pools at the 99th percentile instead, since its own maximum is a
 handful of draws (at the 90th, a quiet anchor's box failed honest rewrites of real exports at 1.2-1.4x its
-tolerance); the ulp term is one unit in the last place of the slice's magnitude. An axis whose length differs between samples (a symbolic batch fed 2 then 1) is
-not used; a rank <= 1 output, or one with no usable axis, has one level.
+tolerance); the ulp term is one unit in the last place of the slice's magnitude. An axis whose length
+differs between samples (a symbolic batch fed 2 then 1) is not used; a rank <= 1 output, or one with no
+usable axis, has one level.
 
 K = 20 (``--noise-factor``): no correct rewrite of the 28 builder models and forms used more than 0.084 of
 it (float16 conversions, K = 6: 0.149; peer_benchmarks/calibrate_noise.py), while a 1 % change of one Conv
