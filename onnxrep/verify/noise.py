@@ -236,21 +236,3 @@ def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list]]:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
             out[vi.name] = (t.elem_type, dims)
     return out
-
-
-class appended:
-    """Context manager: `model.graph` with extra nodes and outputs appended, restored on exit."""
-
-    def __init__(self, model: onnx.ModelProto, nodes, outputs):
-        self.graph, self.nodes, self.outputs = model.graph, nodes, outputs
-
-    def __enter__(self):
-        self.n_nodes, self.n_outputs = len(self.graph.node), len(self.graph.output)
-        self.graph.node.extend(self.nodes)
-        self.graph.output.extend(self.outputs)
-        return self
-
-    def __exit__(self, *exc):
-        del self.graph.node[self.n_nodes:]
-        del self.graph.output[self.n_outputs:]
-        return False
