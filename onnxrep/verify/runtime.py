@@ -25,13 +25,10 @@ Transform = Callable[..., "onnx.TensorProto | None"]
 
 
 def _all_nodes(graph: onnx.GraphProto):
-    """Every node of a graph and of its subgraphs, at any depth."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
-                      list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
-                yield from _all_nodes(g)
+    """Every node of a graph and of its subgraphs, at any depth (in no particular order)."""
+    from onnxrep.ir.counts import walk_graphs
+
+    return (node for g in walk_graphs(graph) for node in g.node)
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:
