@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from onnxrep.cli_options import (_split_list, bench_runtime_options, deploy_options, output_options,
-                                 precision_options, verify_options, with_options)
+                                 int8_options, precision_options, verify_options, with_options)
 from onnxrep.io import OnnxrepError
 
 EXIT_VERIFY_FAILED = 1
@@ -153,6 +153,7 @@ def _pass_names() -> str:
               help="Save weights in <output>.data (default: when the input had external data or the model is over 2 GB).")
 @with_options(output_options)
 @with_options(precision_options)
+@with_options(int8_options)
 @with_options(deploy_options)
 @with_options(verify_options)
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Write the report as JSON ('-' for stdout).")
@@ -261,6 +262,9 @@ def _failure(v) -> str:
     if low:
         name, a = low
         return f"output {name}: detections agree {a['rate']:.2%}, below the minimum; worst: {a['worst']}"
+    failed = next((c for c in v.deploy if not c["ok"]), None)
+    if failed:
+        return failed["line"]
     return v.skipped_reason
 
 

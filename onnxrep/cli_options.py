@@ -64,18 +64,47 @@ output_options = [
 
 
 precision_options = [
-    click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+    click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
                  help="fp16: after the passes, weights and activations in float16 except where that costs accuracy "
                       "(each exception listed with its reason); verified against the float32 model at float16 "
-                      "tolerances and by detection agreement."),
+                      "tolerances and by detection agreement. int8: Q/DQ INT8 calibrated on --calib images, proven "
+                      "against the float32 model on held-out ones (and by mAP with --eval)."),
     click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
                  help="With fp16: graph inputs and outputs stay float32 (one Cast each at the boundary)."),
     click.option("--fp32-ops", default=None, metavar="OPS", callback=_names,
                  help="With fp16: op types to keep in float32 (comma-separated, e.g. Sigmoid,Resize)."),
     click.option("--fp32-nodes", default=None, metavar="NAMES", callback=_names,
                  help="With fp16: node names (of the optimized graph) to keep in float32."),
-    click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.99, show_default=True,
-                 help="With fp16: the share of detections (after NMS, tie-aware) that must agree with float32."),
+    click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+                 help="With fp16/int8: the share of detections (after NMS, tie-aware) that must agree with float32 "
+                      "(default 0.99 for fp16, 0.95 for int8)."),
+]
+
+
+int8_options = [
+    click.option("--int8-target", type=click.Choice(["trt", "ort", "openvino"]), default="trt", show_default=True,
+                 help="trt: int8 symmetric, zero point 0, per-channel weights, Q/DQ on Conv/Gemm/MatMul inputs and "
+                      "the residual input of Add, one scale per Concat group (TensorRT explicit quantization); "
+                      "openvino: the same placement; ort: uint8 activations on every op onnxruntime quantizes."),
+    click.option("--calib", default=None, metavar="DIR|NPZ",
+                 help="Calibration images: a folder (letterboxed as YOLO's val does) or a .npz ('images' [N,C,H,W]). "
+                      "The last 16 are held out to choose the method and prove the result."),
+    click.option("--calib-size", type=click.IntRange(min=4), default=128, show_default=True,
+                 help="Calibration images used (besides the 16 held out)."),
+    click.option("--calib-method", type=click.Choice(["minmax", "percentile-99.9", "percentile-99.99",
+                                                      "percentile-99.999", "entropy"]), default=None,
+                 help="Range method (default: minmax, percentile-99.99 and -99.999 tried, the least output error on "
+                      "the held-out images kept; entropy is slow and only when asked)."),
+    click.option("--int8-exclude", default=None, metavar="NAMES", callback=_names,
+                 help="Node names (of the optimized graph) to keep float besides the head's own float islands."),
+    click.option("--int8-budget", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="When the accuracy target is missed: up to this many layers, the most sensitive first (SQNR "
+                      "quantized alone), go back to float until it holds."),
+    click.option("--eval", default=None, metavar="DIR|NPZ",
+                 help="Labelled images (YOLO layout images/ + labels/, or a .npz with boxes, classes, image_index): "
+                      "mAP50-95 and mAP50 of float and int8 by pycocotools."),
+    click.option("--max-map-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                 help="With --eval: the mAP50-95 points int8 may lose."),
 ]
 
 

@@ -9,10 +9,11 @@ deploy.DeployOptions, validated the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from onnxrep.deploy import DeployOptions
 from onnxrep.io import OnnxrepError
+from onnxrep.quantize import Int8Options
 
 
 def as_tuple(value) -> tuple:
@@ -69,15 +70,22 @@ class PrecisionOptions:
     keep_io_types: bool = True
     fp32_ops: tuple = ()
     fp32_nodes: tuple = ()
-    min_agreement: float = 0.99       # detections that must agree with float32 (verify/detections.py)
+    min_agreement: float | None = None   # detections that must agree with the float32 model (verify/detections.py):
+                                         # default 0.99 for fp16, 0.95 for int8
 
     def __post_init__(self):
         object.__setattr__(self, "fp32_ops", as_tuple(self.fp32_ops))
         object.__setattr__(self, "fp32_nodes", as_tuple(self.fp32_nodes))
-        if self.precision not in ("fp32", "fp16"):
-            raise OnnxrepError(f"precision {self.precision!r}: choose fp32 or fp16")
-        if not 0 <= self.min_agreement <= 1:
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise OnnxrepError(f"precision {self.precision!r}: choose fp32, fp16 or int8")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise OnnxrepError(f"min agreement {self.min_agreement}: must be between 0 and 1")
+
+    @property
+    def agreement(self) -> float:
+        if self.min_agreement is not None:
+            return self.min_agreement
+        return 0.95 if self.precision == "int8" else 0.99
 
 
 @dataclass(frozen=True)
@@ -113,9 +121,12 @@ _KWARGS = {
     "dynamic_batch": ("batch", "dynamic"), "static_batch": ("batch", "static"),
     "overwrite_input_shapes": ("batch", "overwrite_input_shapes"),
     **{f.name: ("deploy", f.name) for f in fields(DeployOptions)},
+    "int8_target": ("int8", "target"), "calib": ("int8", "calib"), "calib_size": ("int8", "calib_size"),
+    "calib_method": ("int8", "calib_method"), "int8_exclude": ("int8", "exclude"), "int8_budget": ("int8", "budget"),
+    "eval": ("int8", "eval"), "max_map_drop": ("int8", "max_map_drop"),
 }
 _GROUPS = {"outputs": OutputOptions, "verify": VerifyOptions, "precision": PrecisionOptions, "batch": BatchOptions,
-           "deploy": DeployOptions}
+           "deploy": DeployOptions, "int8": Int8Options}
 
 
 @dataclass(frozen=True)
@@ -128,9 +139,12 @@ class RunOptions:
     precision: PrecisionOptions = field(default_factory=PrecisionOptions)
     batch: BatchOptions = field(default_factory=BatchOptions)
     deploy: DeployOptions = field(default_factory=DeployOptions)
+    int8: Int8Options = field(default_factory=Int8Options)
 
     def __post_init__(self):
         from onnxrep.passes import select
+
+        self._check_int8()
 
         if self.passes is not None:
             object.__setattr__(self, "passes", as_tuple(self.passes))
@@ -138,6 +152,32 @@ class RunOptions:
             select(list(self.passes) if self.passes is not None else None)
         except ValueError as exc:
             raise OnnxrepError(str(exc)) from exc
+
+    def _check_int8(self) -> None:
+        """int8 needs calibration images and its own proof; the adapters that change the head come later."""
+        q, d = self.int8, self.deploy
+        if self.precision.precision != "int8":
+            given = [flag for flag, value, default in (
+                ("--calib", q.calib, None), ("--eval", q.eval, None), ("--int8-target", q.target, "trt"),
+                ("--calib-method", q.calib_method, None), ("--int8-exclude", q.exclude, ()),
+                ("--int8-budget", q.budget, 0), ("--calib-size", q.calib_size, 128),
+                ("--max-map-drop", q.max_map_drop, 1.0)) if value != default]
+            if given:
+                raise OnnxrepError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --precision int8")
+            return
+        if not q.calib:
+            raise OnnxrepError("--precision int8 needs calibration images: --calib DIR (or data.npz); random inputs "
+                               "are not calibration")
+        if not self.verify.enabled:
+            raise OnnxrepError("--precision int8 with --no-verify: the int8 model is written only when its accuracy "
+                               "proof holds (use --force to write one that misses it)")
+        blocked = [flag for flag, on in (("--nms", d.nms), ("--output-layout", d.output_layout != "anchors-last"),
+                                         ("--input-format", d.input_format != "float"), ("--bgr", d.bgr)) if on]
+        if blocked:
+            raise OnnxrepError(f"--precision int8 with {', '.join(blocked)}: not supported yet (quantize first, "
+                               f"then the adapters are not re-proven on Q/DQ models); run them as a separate step")
+        if self.precision.min_agreement is not None:
+            object.__setattr__(self, "int8", replace(q, min_agreement=self.precision.min_agreement))
 
     @classmethod
     def from_kwargs(cls, passes=None, **kwargs) -> "RunOptions":

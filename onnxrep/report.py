@@ -75,6 +75,7 @@ class Report:
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)         # one line each, about the run as a whole
     deploy: dict = field(default_factory=dict)         # the deployment adapters applied (onnxrep/deploy)
+    int8: dict = field(default_factory=dict)           # --precision int8 (onnxrep/quantize): placement, method, proof
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +125,7 @@ class Report:
             lines.append(f"removed by pruning: {_num(r.get('parameters'))} parameters, {_num(r.get('macs'))} MACs, "
                          f"{_num(r.get('nodes'))} nodes ({_num(r.get('conv'))} Conv)")
         lines.extend(_deploy_lines(self.deploy))
+        lines.extend(_int8_lines(self.int8, verbose))
         lines.extend(f"note: {n}" for n in self.notes)
         if self.verification is not None:
             from onnxrep.verify import OutputCheck, Verification
@@ -133,6 +135,22 @@ class Report:
             v["outputs"] = [OutputCheck(**o) for o in v.get("outputs", [])]
             lines.extend(Verification(**v).lines())
         return "\n".join(lines)
+
+
+def _int8_lines(q: dict, verbose: bool) -> list[str]:
+    if not q:
+        return []
+    tried = ", ".join(f"{m} {e:.4g}" for m, e in q["methods_tried"].items())
+    lines = [f"int8 {q['target']}: {q['why']}",
+             f"int8 calibration: {q['calibration_images']} images from {q['calib']}, {q['held_out']} held out; "
+             f"method {q['method']} (output error on the held-out images: {tried})",
+             f"int8 file: {q['bytes']['ratio']:.3f} of the float32 model"]
+    for reason, nodes in q["float_islands"].items():
+        shown = nodes if verbose else nodes[:3]
+        lines.append(f"int8 float: {len(nodes)}x {reason}: {', '.join(shown)}{', ...' if len(shown) < len(nodes) else ''}")
+    for f in q.get("fallback", []):
+        lines.append(f"int8 back to float: {f['node']} (SQNR {f['sqnr_db']:.1f} dB quantized alone); after: {f['after']}")
+    return lines
 
 
 def _deploy_lines(d: dict) -> list[str]:

@@ -55,6 +55,8 @@ class Run:
     history: list = field(default_factory=list)  # (stage, model after it): where the door looks for a culprit
     verification: Verification | None = None
     feeds: list | None = None                    # the verification inputs, made once
+    int8_data: object = None                     # quantize.Int8Data: the calibration/evaluation images
+    int8: object = None                          # quantize.Int8Result
     loaded: set = field(default_factory=set)     # ids of models an onnxruntime session was made of
     seconds: dict = field(default_factory=dict)
     report: Report | None = None
@@ -191,6 +193,33 @@ def to_float16(r: Run) -> None:
     r.results["to_float16"] = result
 
 
+@_timed("int8")
+def int8_images(r: Run) -> None:
+    """--precision int8: --int8-exclude names and the calibration/evaluation images read now, before any model
+    runs (a bad folder or a missing label is a usage error that costs no run)."""
+    from onnxrep.quantize import check_excluded, load_data
+
+    r.step("reading the calibration images")
+    check_excluded(r.model, r.options.int8.exclude)
+    r.int8_data = load_data(r.model, r.options.int8)
+
+
+@_timed("int8")
+def to_int8(r: Run) -> None:
+    """--precision int8 (quantize/): the verified float model quantized, proven against it on held-out images."""
+    from onnxrep.door import checker_error
+    from onnxrep.quantize import to_int8 as quantize
+
+    result = quantize(r.model, r.options.int8, r.int8_data, on_step=r.step)
+    problem = checker_error(result.model, full=True)
+    if problem is not None and checker_error(r.model, full=True) is None:
+        raise InvalidModelError(f"the int8 model fails onnx.checker: {problem}")
+    r.int8 = result
+    r.model = result.model
+    r.loaded.add(id(r.model))   # the proof ran it in onnxruntime
+    r.verification.add_deploy([{"check": "int8", "ok": result.ok, "line": result.line()}])
+
+
 @_timed("deploy")
 def adapters(r: Run) -> None:
     """NMS, output layout, input format, metadata (deploy/): built now, proven after the verification."""
@@ -228,8 +257,9 @@ def verify_float_model(r: Run) -> None:
     r.step("verifying")
     r.verification = verify(r.original, r.model, feeds=r.verification_feeds(), rtol=v.rtol, atol=v.atol,
                             noise_factor=v.noise_factor, renamed=r.outputs.get("renamed", {}),
-                            dropped=r.outputs.get("dropped", ()), strict_outputs=True, precision=p.precision,
-                            detections={"min_agreement": p.min_agreement}, stack=_stack_plan(r))
+                            dropped=r.outputs.get("dropped", ()), strict_outputs=True,
+                            precision="fp16" if p.precision == "fp16" else "fp32",
+                            detections={"min_agreement": p.agreement}, stack=_stack_plan(r))
     if r.verification.values and _whole(r.model):
         r.loaded.add(id(r.model))
 
@@ -310,9 +340,14 @@ def report(r: Run) -> None:
         verification=r.verification.to_dict() if r.verification else None,
         seconds={k: round(v, 3) for k, v in r.seconds.items()},
         notes=pipeline_notes(r.ctx),
+        int8=_int8_report(r.int8),
         deploy={**(d.info if d else {}), **({"batch": r.batch_info} if r.batch_info else {}),
                 **({"input_shapes": r.input_shapes} if r.source is not r.original else {})},
     )
+
+
+def _int8_report(result) -> dict:
+    return {"ok": result.ok, **result.info} if result is not None else {}
 
 
 def pipeline_notes(ctx) -> list[str]:
@@ -336,6 +371,8 @@ STAGES = (
           dynamic_batch, lambda r: r.options.batch.dynamic),
     Stage("find_head", "before float16, the first stage that runs the model: a usage error costs no run",
           find_head, lambda r: bool(r.options.deploy.nms) or r.options.deploy.output_layout != "anchors-last"),
+    Stage("int8_images", "the calibration images read before any model runs: a bad folder costs no run",
+          int8_images, lambda r: r.options.precision.precision == "int8"),
     Stage("float16", "the last change of the model's own graph: its ranges are measured on the final float32 "
                      "graph", to_float16, lambda r: r.options.precision.precision == "fp16"),
     Stage("adapters", "around the final graph, and before any proof: a missing head is a usage error that must "
@@ -344,6 +381,8 @@ STAGES = (
     Stage("check_structure", "the cheapest proof first: the checker needs no model run", check_structure),
     Stage("verify", "the float model against the original, the original run once for all the proofs",
           verify_float_model, lambda r: r.options.verify.enabled),
+    Stage("int8", "after the float model is proven (it is the int8 model's reference); runs its own proof",
+          to_int8, lambda r: r.options.precision.precision == "int8" and _verified(r) and r.verification.ok),
     Stage("check_batches", "reuses the verification's inputs and outputs (when the verification could not "
                            "stack its samples itself)", check_batches,
           lambda r: r.options.batch.dynamic and _verified(r) and not any(c["check"] == "batch" for c in r.verification.deploy)),

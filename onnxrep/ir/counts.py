@@ -27,14 +27,15 @@ def walk_graphs(graph: onnx.GraphProto):
 
 
 def _const_shapes(graph: onnx.GraphProto) -> dict[str, tuple]:
-    """Shapes of constants (initializers, Constant nodes) and of Identity aliases of them."""
+    """Shapes of constants (initializers, Constant nodes) and of Identity aliases of them (and of their
+    DequantizeLinear: an int8 weight is a parameter as its float one was)."""
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
             for a in node.attribute:
                 if a.name == "value":
                     shapes[node.output[0]] = tuple(a.t.dims)
-        elif node.op_type == "Identity" and node.input and node.input[0] in shapes:
+        elif node.op_type in ("Identity", "DequantizeLinear") and node.input and node.input[0] in shapes:
             shapes[node.output[0]] = shapes[node.input[0]]
     return shapes
 

@@ -1,0 +1,200 @@
+"""`--precision int8`: the verified float model to Q/DQ INT8, calibrated on the user's images and proven on
+held-out ones (the float model is the reference).
+
+    q, info = to_int8(float_model, Int8Options(target="trt"), calib_images, eval_images)
+
+The steps (each module has its one job):
+1. placement.py: the float islands (the head's tail: box/score Concat, DFL, decode, Sigmoid; plus
+   --int8-exclude) and the shared-scale groups, read from the graph.
+2. int8.py: one calibration pass (onnxruntime's histogram calibrator), then onnxruntime's quantize_static on
+   the ranges each method reads from the histograms, the target's settings, groups unified, and for TensorRT
+   the Conv+Add fusion rule.
+3. proof.py: each method's model on the held-out images against the float model; the one with the least
+   output error is kept (or the --calib-method given); then its agreement, box/score error, SQNR.
+4. sensitivity.py: when the target is missed and --int8-budget allows, the layers with the lowest SQNR
+   quantized alone go back to float one at a time until it holds; the report lists each and what it cost.
+5. With --eval: mAP50-95 and mAP50 (pycocotools) of float and int8 side by side; the drop must stay
+   within --max-map-drop.
+6. lint.py: the target's Q/DQ rules.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxrep.io import OnnxrepError
+
+HELD_OUT = 16   # calibration images kept back to choose the method and prove the result
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    target: str = "trt"
+    calib: str | None = None
+    calib_size: int = 128
+    calib_method: str | None = None      # None: the best of int8.SEARCH on the held-out images
+    exclude: tuple = ()                  # node names kept float besides the islands
+    budget: int = 0                      # layers that may go back to float to meet the target
+    eval: str | None = None
+    max_map_drop: float = 1.0            # mAP50-95 points, with eval
+    min_agreement: float = 0.95
+
+    def __post_init__(self):
+        from onnxrep.quantize.int8 import METHODS, TARGETS
+
+        if self.target not in TARGETS:
+            raise OnnxrepError(f"--int8-target {self.target!r}: choose {', '.join(TARGETS)}")
+        if self.calib_method is not None and self.calib_method not in METHODS:
+            raise OnnxrepError(f"--calib-method {self.calib_method!r}: choose {', '.join(METHODS)}")
+        if self.calib_size < 4:
+            raise OnnxrepError(f"--calib-size {self.calib_size}: at least 4 images")
+        if self.budget < 0:
+            raise OnnxrepError(f"--int8-budget {self.budget}: must be >= 0")
+        if not self.max_map_drop >= 0:
+            raise OnnxrepError(f"--max-map-drop {self.max_map_drop}: must be >= 0")
+
+
+@dataclass
+class Int8Data:
+    """The images, read before any model runs (a bad folder is a usage error that costs no run)."""
+
+    calib: object
+    held_out: object
+    evals: object = None
+    input_name: str = ""
+
+
+def load_data(model: onnx.ModelProto, options: Int8Options) -> Int8Data:
+    from onnxrep.quantize.data import image_input, load_images, split
+
+    if not options.calib:
+        raise OnnxrepError("--precision int8 needs calibration images: --calib DIR (or data.npz); random inputs "
+                           "are not calibration")
+    name = image_input(model)[0]
+    images = load_images(options.calib, model, limit=options.calib_size + HELD_OUT)
+    calib, held = split(images, options.calib_size, HELD_OUT)
+    evals = load_images(options.eval, model, labels=True, option="--eval") if options.eval else None
+    return Int8Data(calib, held, evals, name)
+
+
+def check_excluded(model: onnx.ModelProto, names) -> None:
+    known = {n.name for n in model.graph.node}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise OnnxrepError(f"--int8-exclude: no node named {', '.join(map(repr, unknown))} in the optimized graph "
+                           f"(`onnxrep inspect` lists them after optimizing)")
+
+
+@dataclass
+class Int8Result:
+    model: onnx.ModelProto
+    ok: bool
+    info: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        i = self.info
+        parts = [f"int8 {i['target']}: {'ok' if self.ok else 'FAIL'}", f"method {i['method']}",
+                 f"{i['held_out']} held-out images"]
+        for name, f in i["outputs"].items():
+            if f["kind"] == "detections":
+                parts.append(f"{name}: detections agree {f['agreement']:.2%} (min {i['min_agreement']:.0%}), "
+                             f"box {f['box_px']:.2f} px, score {f['score_rel']:.1%} on the best anchors, "
+                             f"SQNR {f['sqnr_db']:.1f} dB")
+            elif f["kind"] == "top-1":
+                parts.append(f"{name}: top-1 agrees {f['agreement']:.2%}, SQNR {f['sqnr_db']:.1f} dB")
+            else:
+                parts.append(f"{name}: SQNR {f['sqnr_db']:.1f} dB (min {20:g})")
+        if "map" in i:
+            m = i["map"]
+            parts.append(f"mAP50-95 {m['float']['map50_95']:.2f} -> {m['int8']['map50_95']:.2f} "
+                         f"(drop {m['drop']:.2f}, max {i['max_map_drop']:g}), mAP50 {m['float']['map50']:.2f} -> "
+                         f"{m['int8']['map50']:.2f} on {m['images']} labelled images")
+        if i.get("lint"):
+            parts.append("lint: " + " | ".join(i["lint"]))
+        if i.get("fallback"):
+            parts.append("back to float: " + ", ".join(f"{f['node']} ({f['sqnr_db']:.1f} dB)" for f in i["fallback"]))
+        return "; ".join(parts)
+
+
+def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_step=lambda _m: None) -> Int8Result:
+    from onnxrep.quantize import int8, lint, proof
+    from onnxrep.quantize.placement import float_islands
+
+    t0 = time.perf_counter()
+    islands = float_islands(model)
+    exclude = dict(islands)
+    exclude.update({n: "--int8-exclude" for n in options.exclude})
+    feeds = [{data.input_name: x[None]} for x in data.calib.arrays]
+    on_step(f"int8: calibrating on {len(feeds)} images")
+    hist = int8.calibrate(model, feeds)
+    ref = proof.run_images(model, data.held_out.arrays, data.input_name)
+    kinds = proof.layouts(model, ref)
+    methods = [options.calib_method] if options.calib_method else list(int8.SEARCH)
+    tried = {}
+    best = None
+    for m in methods:
+        on_step(f"int8: quantizing ({m})")
+        q = int8.quantize(model, hist.ranges(m), options.target, exclude)
+        got = proof.run_images(q, data.held_out.arrays, data.input_name)
+        err = proof.output_error(ref, got, kinds)
+        tried[m] = round(err, 6)
+        if best is None or err < best[0]:
+            best = (err, m, q, got)
+    _, method, q, got = best
+    facts = proof.compare(ref, got, kinds, options.min_agreement)
+    fallback = []
+    ranges = hist.ranges(method)
+    if not all(f["ok"] for f in facts.values()) and options.budget:
+        from onnxrep.quantize.sensitivity import layer_sqnr
+
+        on_step("int8: per-layer sensitivity")
+        scores = layer_sqnr(model, q, feeds[:8])
+        for node, db in sorted(scores.items(), key=lambda kv: kv[1])[:options.budget]:
+            exclude[node] = f"sensitive: SQNR {db:.1f} dB quantized alone"
+            on_step(f"int8: {node} back to float")
+            q = int8.quantize(model, ranges, options.target, exclude)
+            got = proof.run_images(q, data.held_out.arrays, data.input_name)
+            facts = proof.compare(ref, got, kinds, options.min_agreement)
+            fallback.append({"node": node, "sqnr_db": round(db, 2),
+                             "after": {k: f.get("agreement", f["sqnr_db"]) for k, f in facts.items()}})
+            if all(f["ok"] for f in facts.values()):
+                break
+    ok = all(f["ok"] for f in facts.values())
+    info = {"target": options.target, "why": int8.TARGETS[options.target].why, "method": method,
+            "methods_tried": tried, "calibration_images": len(feeds), "held_out": len(data.held_out),
+            "calib": data.calib.source, "min_agreement": options.min_agreement, "outputs": facts,
+            "float_islands": _islands_summary(exclude, islands), "fallback": fallback}
+    if data.evals is not None:
+        on_step("int8: mAP on the labelled images")
+        info["max_map_drop"] = options.max_map_drop
+        info["map"] = _map(model, q, data, kinds)
+        ok = ok and info["map"]["drop"] <= options.max_map_drop
+    info["lint"] = lint.lint(q, model, options.target)
+    ok = ok and not info["lint"]
+    info["bytes"] = {"float": model.ByteSize(), "int8": q.ByteSize(), "ratio": round(q.ByteSize() / model.ByteSize(), 4)}
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    return Int8Result(q, ok, info)
+
+
+def _islands_summary(exclude: dict, islands: dict) -> dict:
+    """reason -> node names (the report groups them)."""
+    out: dict[str, list] = {}
+    for node, why in exclude.items():
+        out.setdefault(why, []).append(node)
+    return out
+
+
+def _map(model, q, data: Int8Data, kinds: dict) -> dict:
+    from onnxrep.quantize import proof
+
+    det = next(iter(kinds), None)
+    if det is None:
+        raise OnnxrepError("--eval: the model has no detection output to compute mAP on")
+    f = proof.run_images(model, data.evals.arrays, data.input_name)[det]
+    i = proof.run_images(q, data.evals.arrays, data.input_name)[det]
+    mf, mi = proof.mean_ap(f, kinds[det], data.evals), proof.mean_ap(i, kinds[det], data.evals)
+    return {"output": det, "images": len(data.evals), "float": mf, "int8": mi,
+            "drop": round(mf["map50_95"] - mi["map50_95"], 2)}

@@ -1,0 +1,243 @@
+"""INT8 as Q/DQ, written by onnxruntime's own quantizer on ranges we calibrate once and place by the graph.
+
+    hist = calibrate(model, images)                    # one pass over the calibration images
+    q = quantize(model, hist.ranges("percentile-99.999"), "trt", exclude=float_islands(model))
+
+Calibration: onnxruntime.quantization's HistogramCalibrater (every float tensor made an output, one image
+at a time so memory stays one image's activations), kept as histograms: every method is then a reading of
+the same histograms (MinMax their extremes, percentile their CDF, entropy ORT's KL search), so choosing a
+method costs no second calibration. Quantization: onnxruntime.quantization.quantize_static, fed those ranges
+through its calibration cache, with the target's settings (TARGETS). Our part is what the graph says:
+the float islands excluded, each shared-scale group given one range (the union of its members'), and for
+TensorRT the Q/DQ pair on an Add's Conv-fed input removed so the Conv and the Add fuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _pyio
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxrep.io import OnnxrepError
+from onnxrep.quantize.placement import conv_fed, producers, scale_groups
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    activation: str            # "int8" (symmetric, zero point 0) or "uint8" (asymmetric)
+    op_types: tuple | None     # the op types quantized (None: every op onnxruntime can quantize)
+    float_outputs: tuple       # op types whose outputs stay float (their consumers quantize them if needed)
+    shared_scales: bool        # one scale per Concat/MaxPool/Resize/Slice/Split group
+    residual_rule: bool        # no Q/DQ on an Add's Conv-fed input
+    quantize_bias: bool        # int32 bias with its DQ (onnxruntime) or float bias (TensorRT)
+    why: str
+
+
+_TRT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "Resize", "Slice", "Split",
+            "AveragePool")
+TARGETS = {
+    "trt": Target("trt", "int8", _TRT_OPS, ("Conv", "ConvTranspose", "Gemm", "MatMul"), True, True, False,
+                  "TensorRT explicit quantization: int8 symmetric (zero point 0), per-channel weights, Q/DQ on the "
+                  "inputs of Conv/Gemm/MatMul and the residual input of Add, one scale per Concat group"),
+    "openvino": Target("openvino", "int8", _TRT_OPS, ("Conv", "ConvTranspose", "Gemm", "MatMul"), True, True, False,
+                       "OpenVINO reads Q/DQ as FakeQuantize and runs the int8 symmetric form of the trt target fastest "
+                       "on CPU (the same placement)"),
+    "ort": Target("ort", "uint8", None, (), False, False, True,
+                  "onnxruntime CPU: uint8 activations, int8 per-channel weights, every op onnxruntime has a "
+                  "quantized kernel for (QLinearConv, QLinearAdd, QLinearConcat, ...)"),
+}
+
+METHODS = ("minmax", "percentile-99.9", "percentile-99.99", "percentile-99.999", "entropy")
+SEARCH = ("minmax", "percentile-99.99", "percentile-99.999")   # tried by default (entropy is slow: explicit only)
+BINS = 2048
+
+
+def _quiet():
+    """onnxruntime.quantization prints progress and logs a pre-processing hint: not ours to show."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(_pyio.StringIO()))
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    stack.callback(logging.disable, previous)
+    return stack
+
+
+class Histograms:
+    """Every float tensor's histogram over the calibration images (onnxruntime's HistogramCollector)."""
+
+    def __init__(self, collector, tensors: set[str], images: int):
+        self.collector = collector
+        self.tensors = tensors
+        self.images = images
+
+    def ranges(self, method: str) -> dict[str, tuple[float, float]]:
+        from onnxruntime.quantization.calibrate import HistogramCollector
+
+        hist = self.collector.histogram_dict
+        if method == "minmax":
+            return {k: (float(h[2]), float(h[3])) for k, h in hist.items()}
+        if method.startswith("percentile-"):
+            c = HistogramCollector("percentile", False, BINS, 128, float(method.split("-", 1)[1]), "same")
+            c.histogram_dict = hist
+        elif method == "entropy":   # ORT's KL search is quadratic in the bins: read it on a 4x coarser histogram
+            c = HistogramCollector("entropy", False, BINS // 4, 128, 99.999, "same")
+            c.histogram_dict = {k: _coarse(h, 4) for k, h in hist.items()}
+        else:
+            raise OnnxrepError(f"--calib-method {method!r}: choose one of {', '.join(METHODS)}")
+        with _quiet():
+            result = c.compute_collection_result()
+        out = {}
+        for k, v in result.items():
+            lo, hi = float(v[0]), float(v[1])
+            h = hist[k]
+            out[k] = (max(lo, float(h[2])), min(hi, float(h[3])))   # never wider than what was seen
+        return out
+
+
+def _coarse(h, k: int):
+    counts, edges = h[0], h[1]
+    n = len(counts) // k * k
+    return (counts[:n].reshape(-1, k).sum(1), edges[:n + 1:k], h[2], h[3])
+
+
+def calibrate(model: onnx.ModelProto, feeds: list[dict]) -> Histograms:
+    """Run the model on each feed (one at a time) and keep every float tensor's histogram."""
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
+
+    with tempfile.TemporaryDirectory(prefix="onnxrep-int8-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(model, path)
+        with _quiet():
+            cal = HistogramCalibrater(path, None, os.path.join(tmp, "augmented.onnx"), method="entropy",
+                                      num_bins=BINS, num_quantized_bins=128)
+            cal.augment_graph()
+            cal.create_inference_session()
+            for feed in feeds:
+                cal.collect_data(_Reader([feed]))
+        collector, tensors = cal.collector, set(cal.tensors_to_calibrate)
+        del cal
+    return Histograms(collector, tensors, len(feeds))
+
+
+class _Reader:
+    def __init__(self, feeds):
+        self.feeds = list(feeds)
+
+    def get_next(self):
+        return self.feeds.pop(0) if self.feeds else None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def unify(ranges: dict, groups: list[set[str]]) -> dict:
+    """Each group's members get the union of their ranges (one scale per group)."""
+    out = dict(ranges)
+    for group in groups:
+        present = [ranges[t] for t in group if t in ranges]
+        if not present:
+            continue
+        lo, hi = min(r[0] for r in present), max(r[1] for r in present)
+        for t in group:
+            if t in ranges:
+                out[t] = (lo, hi)
+    return out
+
+
+def quantize(model: onnx.ModelProto, ranges: dict, target: str, exclude) -> onnx.ModelProto:
+    """The Q/DQ model: onnxruntime's quantize_static on `ranges`, the target's settings, `exclude` float."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    t = TARGETS[target]
+    if t.shared_scales:
+        ranges = unify(ranges, scale_groups(model, set(exclude)))
+    data = TensorsData(CalibrationMethod.MinMax,
+                       {k: (np.array(lo, np.float32), np.array(hi, np.float32)) for k, (lo, hi) in ranges.items()})
+    extra = {"ActivationSymmetric": t.activation == "int8", "WeightSymmetric": True, "QuantizeBias": t.quantize_bias,
+             "OpTypesToExcludeOutputQuantization": list(t.float_outputs)}
+    with tempfile.TemporaryDirectory(prefix="onnxrep-int8-") as tmp:
+        src, dst, cache = (os.path.join(tmp, f) for f in ("float.onnx", "int8.onnx", "ranges.json"))
+        onnx.save(model, src)
+        save_tensors_data(data, cache)
+        with _quiet():
+            quantize_static(src, dst, None, QuantFormat.QDQ, op_types_to_quantize=list(t.op_types) if t.op_types else None,
+                            per_channel=True, activation_type=QuantType.QInt8 if t.activation == "int8" else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), extra_options=extra,
+                            calibration_cache_path=cache)
+        q = onnx.load(dst)
+    _restore(q, model)
+    if t.residual_rule:
+        fuse_residuals(q, model)
+    return q
+
+
+def _restore(q: onnx.ModelProto, model: onnx.ModelProto) -> None:
+    """What quantize_static's shape inference and re-save dropped or added: the original's metadata and no
+    inferred value_info (our models carry their own)."""
+    del q.metadata_props[:]
+    q.metadata_props.extend(model.metadata_props)
+    q.producer_name, q.producer_version = model.producer_name, model.producer_version
+
+
+def fuse_residuals(q: onnx.ModelProto, model: onnx.ModelProto) -> int:
+    """TensorRT's Conv+Add fusion: an Add whose input is DQ(Q(t)), t fed by a Conv (through its activation) and
+    read by nothing else in the float model, reads t itself; the residual input keeps its Q/DQ. Returns the
+    number of Adds rewired; Q/DQ pairs left unread are removed."""
+    g = q.graph
+    prod = producers(g)
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    fprod = producers(model.graph)
+    rewired = 0
+    for node in g.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        for k, name in enumerate(node.input):
+            dq = prod.get(name)
+            qn = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if qn is None or qn.op_type != "QuantizeLinear":
+                continue
+            t = qn.input[0]
+            if readers.get(t, 0) == 1 and conv_fed(fprod, t):
+                node.input[k] = t
+                rewired += 1
+                break
+    _drop_unread_qdq(g)
+    return rewired
+
+
+def _drop_unread_qdq(g: onnx.GraphProto) -> None:
+    """Remove Q/DQ nodes nothing reads, then the initializers only they read (subgraphs count as readers)."""
+    from onnxrep.ir.counts import walk_graphs
+
+    dropped: set[str] = set()
+    while True:
+        read = {i for sub in walk_graphs(g) for n in sub.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            dropped.update(n.input)
+            g.node.remove(n)
+    unread = dropped - read
+    keep = [i for i in g.initializer if i.name not in unread]
+    if len(keep) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
