@@ -163,6 +163,7 @@ def quantize(model: onnx.ModelProto, ranges: dict, target: str, exclude) -> onnx
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     t = TARGETS[target]
+    model = at_least_opset_13(model)
     if t.shared_scales:
         ranges = unify(ranges, scale_groups(model, set(exclude)))
     data = TensorsData(CalibrationMethod.MinMax,
@@ -183,6 +184,28 @@ def quantize(model: onnx.ModelProto, ranges: dict, target: str, exclude) -> onnx
     if t.residual_rule:
         fuse_residuals(q, model)
     return q
+
+
+MIN_OPSET = 13   # per-channel DequantizeLinear (its axis attribute) is opset 13
+
+
+def opset(model: onnx.ModelProto) -> int:
+    return next((x.version for x in model.opset_import if x.domain in ("", "ai.onnx")), 0)
+
+
+def at_least_opset_13(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model at opset 13 when it is older (onnx's version converter; the int8 proof compares the result
+    with the float model itself, so a conversion that changed a number fails there). onnxruntime's quantizer
+    writes per-channel DequantizeLinear (axis) whatever the opset: at 10-12 that is an invalid model."""
+    if opset(model) >= MIN_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # noqa: BLE001 -- the converter's many failure types: one line
+        raise OnnxrepError(f"--precision int8 needs opset >= {MIN_OPSET} (per-channel Q/DQ); converting this opset "
+                           f"{opset(model)} model failed: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _restore(q: onnx.ModelProto, model: onnx.ModelProto) -> None:
