@@ -1,0 +1,100 @@
+"""`onnxrep optimize --precision int8` end to end: written only when the proof holds, usage errors before any
+run (exit 2, nothing written), the target missed (exit 1, nothing written unless --force), the budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import onnxrep
+from onnxrep.cli import main
+from onnxrep.quantize.lint import lint
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def yolo(model_file):
+    return model_file("yolov9-t", "bn", imgsz=64)
+
+
+def test_int8_written_with_its_proof(yolo, calib_npz, tmp_path):
+    out = tmp_path / "q.onnx"
+    code, text = cli("optimize", yolo, "-o", out, "--precision", "int8", "--calib", calib_npz(64), "--calib-size", 16,
+                     "--json", tmp_path / "r.json")
+    assert code == 0, text
+    assert "verify deploy int8 trt: ok" in text and "int8 float: 1x DFL softmax" in text
+    q = onnx.load(out)
+    onnx.checker.check_model(q, full_check=True)
+    report = json.loads((tmp_path / "r.json").read_text())
+    info = report["int8"]
+    assert info["ok"] and info["lint"] == [] and info["calibration_images"] == 16 and info["held_out"] == 16
+    assert set(info["methods_tried"]) == {"minmax", "percentile-99.99", "percentile-99.999"}
+    assert info["method"] == min(info["methods_tried"], key=info["methods_tried"].get)
+    assert info["bytes"]["ratio"] < 0.45
+    float_model = onnxrep.optimize(yolo, verify=False).model
+    assert lint(q, float_model) == []
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 50
+    assert report["verification"]["status"] == "verified"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--precision", "int8"], "needs calibration images"),
+    (["--calib", "CALIB"], "--calib only applies with --precision int8"),
+    (["--int8-target", "ort"], "only applies with --precision int8"),
+    (["--precision", "int8", "--calib", "CALIB", "--nms", "ort"], "not supported yet"),
+    (["--precision", "int8", "--calib", "CALIB", "--no-verify"], "--no-verify"),
+    (["--precision", "int8", "--calib", "missing.npz"], "no such file"),
+    (["--precision", "int8", "--calib", "CALIB", "--int8-exclude", "nope"], "--int8-exclude: no node named 'nope'"),
+    (["--precision", "int8", "--calib", "CALIB", "--calib-size", "2"], "--calib-size"),
+    (["--precision", "int8", "--calib", "CALIB", "--eval", "CALIB"], "labels need arrays"),
+])
+def test_usage_errors_exit_2_and_write_nothing(yolo, calib_npz, tmp_path, args, words):
+    out = tmp_path / "q.onnx"
+    args = [str(calib_npz(64)) if a == "CALIB" else a for a in args]
+    code, text = cli("optimize", yolo, "-o", out, *args)
+    assert code == 2 and words in text and not out.exists(), text
+
+
+def test_missed_target_exits_1_and_writes_nothing_unless_forced(yolo, calib_npz, tmp_path):
+    out = tmp_path / "q.onnx"
+    # an mAP drop of at most -1 points can never hold
+    np.savez(tmp_path / "eval.npz", images=np.load(calib_npz(64))["images"][:4], boxes=np.array([[8.0, 8, 40, 40]]),
+             classes=np.array([0]), image_index=np.array([0]))
+    args = ["optimize", yolo, "-o", out, "--precision", "int8", "--calib", calib_npz(64), "--calib-size", 8,
+            "--calib-method", "minmax", "--eval", tmp_path / "eval.npz", "--min-agreement", 0]
+    code, text = cli(*args, "--max-map-drop", 0)
+    assert code == 0, text   # mAP equal (0 and 0 on random weights): a drop of 0 holds
+    out.unlink()
+    result = onnxrep.optimize(yolo, precision="int8", calib=str(calib_npz(64)), calib_size=8, calib_method="minmax",
+                              min_agreement=1.0)
+    facts = result.report.int8["outputs"]["output1"]
+    if facts["agreement"] < 1.0:   # the usual case on random weights; then the CLI must refuse to write
+        code, text = cli(*args[:-4], "--min-agreement", 1)
+        assert code == 1 and "verification failed: int8 trt: FAIL" in text and not out.exists(), text
+        code, text = cli(*args[:-4], "--min-agreement", 1, "--force")
+        assert code == 1 and out.exists()
+    else:
+        pytest.skip("the int8 model agreed 100%: no missed target to show")
+
+
+def test_budget_sends_the_most_sensitive_layers_back_to_float(yolo, calib_npz):
+    result = onnxrep.optimize(yolo, precision="int8", calib=str(calib_npz(64)), calib_size=8, calib_method="minmax",
+                              min_agreement=1.0, int8_budget=2)
+    info = result.report.int8
+    assert 1 <= len(info["fallback"]) <= 2
+    sens = [f["sqnr_db"] for f in info["fallback"]]
+    assert sens == sorted(sens)
+    prod = {o: n for n in result.model.graph.node for o in n.output}
+    for f in info["fallback"]:
+        node = next(n for n in result.model.graph.node if n.name == f["node"])
+        # its weight is float again (its input may still be read through the DQ another quantized op shares)
+        assert node.op_type == "Conv" and prod.get(node.input[1]) is None
+    assert any(why.startswith("sensitive") for why in info["float_islands"])
