@@ -298,3 +298,23 @@ def test_an_opset_11_model_is_quantized_at_opset_13():
     assert int8.opset(q) == 13 and lint(q, m) == []
     y, yq = _run(m, feeds[0])[0], _run(q, feeds[0])[0]
     assert np.abs(y - yq).max() < 0.05 * np.abs(y).max()
+
+
+def test_optimizing_an_int8_model_keeps_it_int8(clean):
+    """A second onnxrep run over a Q/DQ model: constant folding must not fold a weight's DequantizeLinear (it
+    once only failed to by accident: the reference evaluation raised)."""
+    import onnxrep
+
+    _, q = clean
+    again = onnxrep.optimize(q)
+    assert again.ok, again.report.text()
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)  # noqa: E731
+    for op in ("QuantizeLinear", "DequantizeLinear"):
+        assert count(again.model, op) == count(q, op), op
+    def int8_weights(m):   # DequantizeLinear nodes reading an int8 weight of more than one element
+        inits = {i.name: i for i in m.graph.initializer}
+        return sorted(n.name for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                      and inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[0]].dims))
+
+    assert int8_weights(again.model) == int8_weights(q) and len(int8_weights(q)) > 50
+    assert "DequantizeLinear not folded: a Q/DQ pair states the precision" in again.report.text(verbose=True)

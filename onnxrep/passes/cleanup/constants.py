@@ -17,7 +17,9 @@ output (an output stays produced by a node); results of types numpy can't hold e
 int4) are not computed. A result much larger than the constants it replaces (ConstantOfShape / Expand / Tile
 making a big tensor) is not folded unless every reader takes it as a weight anyway (Conv, Gemm, BN...).
 A float32 Cast of a float16 table that no weight slot reads stays (to_float16 stores tables float16 holds
-exactly so: folding would double their bytes). The folded initializer takes the output tensor's name, so
+exactly so: folding would double their bytes). QuantizeLinear/DequantizeLinear never fold: an int8 weight's
+DequantizeLinear is the Q/DQ model's statement of its precision (folding it would store the weight float32
+and silently de-quantize an int8 model; before this rule only a failing reference evaluation prevented it). The folded initializer takes the output tensor's name, so
 folding twice changes nothing.
 """
 
@@ -36,6 +38,8 @@ from onnxrep.ir.private_api import constant_attr_export_dtype, elem_type, nbytes
 from onnxrep.ir.shapes import Types, is_static, shape_entries
 from onnxrep.passes.cleanup.noops import bypass
 from onnxrep.passes.float16 import EXACT_MIN_ELEMENTS
+
+QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 # Sequence / optional / control-flow ops: their values aren't tensors (SplitToSequence has its own rewrite).
 _NOT_FOLDED = RANDOM | {"Identity", "Constant", "If", "Loop", "Scan", "SequenceConstruct", "SequenceEmpty",
@@ -259,6 +263,10 @@ def _fold_node(graph, node, opset, types, result, stats) -> None:
         return
     if _compact_table(node):
         result.decline(node, "Cast not folded: a float16 table read as float32 (stored at half the bytes)")
+        return
+    if node.op in QDQ:
+        result.decline(node, f"{node.op} not folded: a Q/DQ pair states the precision (folding a weight's "
+                             f"DequantizeLinear would store it float32 and de-quantize the model)")
         return
     outs = _evaluate(node, opset)
     if isinstance(outs, str):
