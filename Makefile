@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= out/demo
 JOBS   ?= auto   # pytest-xdist workers for make test / test-all
 
-.PHONY: install install-real demo test test-all test-real lint bench clean
+.PHONY: install install-real demo test test-all test-real lint bench bench-int8 clean
 
 install: $(STAMP)
 
@@ -55,6 +55,14 @@ bench: install
 	$(PY) peer_benchmarks/float16.py
 	$(PY) peer_benchmarks/nms.py
 	$(PY) peer_benchmarks/tool_time.py
+	$(PY) peer_benchmarks/int8.py latency
+	$(PY) peer_benchmarks/quote.py
+
+# int8 accuracy on the models trained on synthetic shapes (mAP by pycocotools): needs PyTorch and the official
+# YOLOv9 code (install-real); trains the models first when out/trained/ lacks them (about an hour on 2 cores).
+bench-int8: install-real
+	$(PY) -m pip install -q -e '.[test,real,int8]'
+	$(PY) peer_benchmarks/int8.py accuracy
 	$(PY) peer_benchmarks/quote.py
 
 .PHONY: measure-test docs

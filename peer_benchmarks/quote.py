@@ -169,6 +169,24 @@ def nms() -> str:
     return "\n".join(lines) + "\n\n" + _source("nms.json", date, machine, "make bench", "nms.py")
 
 
+def _int8(name: str) -> str:
+    data = _load(name)
+    if data is None:
+        return _missing(name, f"python peer_benchmarks/int8.py {name.removeprefix('int8_').removesuffix('.json')}")
+    meta = data["meta"]
+    return data["table"] + "\n\n" + _source(name, meta["date"], meta["machine"], meta["command"])
+
+
+def int8_accuracy() -> str:
+    """int8 against float32 on the trained models, mAP by pycocotools: peer_benchmarks/int8.py accuracy."""
+    return _int8("int8_accuracy.json")
+
+
+def int8_latency() -> str:
+    """int8 latency on the builder's yolov9-c: peer_benchmarks/int8.py latency."""
+    return _int8("int8_latency.json")
+
+
 def _tool_time(name: str, command: str) -> str:
     data = _load(name)
     if data is None:
@@ -249,6 +267,8 @@ RENDER = {
     "tool_time_real": tool_time_real,
     "calibration": calibration,
     "test_time": test_time,
+    "int8_accuracy": int8_accuracy,
+    "int8_latency": int8_latency,
 }
 
 
