@@ -33,9 +33,6 @@ import onnx
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-# the script's own folder holds float16.py, which onnxruntime.transformers (imported by its quantization
-# package) would import instead of its own float16 module
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(REPO))
 
 import onnxrep  # noqa: E402
@@ -55,19 +52,18 @@ def _trained(name: str) -> Path:
     return path
 
 
-def naive(model: onnx.ModelProto, arrays: np.ndarray, input_name: str) -> onnx.ModelProto:
-    """onnxruntime's quantize_static with its defaults: the peer a user reaches for first."""
+def naive(model: onnx.ModelProto, arrays: np.ndarray, input_name: str, **kw) -> onnx.ModelProto:
+    """onnxruntime's quantize_static with its defaults (kw: per_channel=True...): the peer a user reaches for first."""
     import logging
 
-    from onnxruntime.quantization import quantize_static
+    from onnxrep.quantize.int8 import _Reader, _quiet, ort_quantization
 
-    from onnxrep.quantize.int8 import _Reader, _quiet
-
+    quantize_static = ort_quantization().quantize_static
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         logging.disable(logging.WARNING)
         src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
         onnx.save(model, src)
-        quantize_static(src, dst, _Reader([{input_name: x[None]} for x in arrays]))
+        quantize_static(src, dst, _Reader([{input_name: x[None]} for x in arrays]), **kw)
         return onnx.load(dst)
 
 
@@ -152,6 +148,7 @@ def latency(args) -> int:
                                  calib_method="minmax", min_agreement=0)
             variants[f"int8-{target}"] = r.model
         variants["naive"] = naive(fp32.model, arrays[:args.calib], inp)
+        variants["naive-pc"] = naive(fp32.model, arrays[:args.calib], inp, per_channel=True)
         for label, m in variants.items():
             paths[label] = Path(tmp) / f"{label}.onnx"
             onnx.save(m, paths[label])
@@ -163,7 +160,8 @@ def latency(args) -> int:
     lines = ["# int8 latency", "",
              f"The builder's {args.model} at {args.imgsz} (random weights), {args.threads} threads, median ms at batch 1, "
              "the models alternating run by run (onnxrep.bench; runtimes' own graph optimizations on). naive: "
-             "onnxruntime `quantize_static` defaults (uint8/int8 per-tensor, every op).", "",
+             "onnxruntime `quantize_static` defaults (uint8/int8 per-tensor, every op, head included: its scores "
+             "are lost); naive-pc: the same per-channel.", "",
              "| runtime | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
     for rt, cells in row["latency"].items():
         base = cells["fp32"]["median_ms"]

@@ -59,6 +59,32 @@ SEARCH = ("minmax", "percentile-99.99", "percentile-99.999")   # tried by defaul
 BINS = 2048
 
 
+def ort_quantization():
+    """onnxruntime.quantization, imported so that it finds its own modules: it imports onnxruntime.transformers,
+    which puts its folder at the END of sys.path and imports top-level names such as `float16`; a float16.py
+    anywhere earlier on the path, or a `float16` module already imported (our own peer_benchmarks/float16.py in
+    a test run), made the import fail. Its folder goes first and foreign modules of those names step aside
+    while it imports."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if "onnxruntime.quantization" in sys.modules:
+        return sys.modules["onnxruntime.quantization"]
+    spec = importlib.util.find_spec("onnxruntime")
+    folder = os.path.join(os.path.dirname(spec.origin), "transformers")
+    own = set(n[:-3] for n in os.listdir(folder) if n.endswith(".py")) if os.path.isdir(folder) else set()
+    foreign = {n: sys.modules.pop(n) for n in list(own) if n in sys.modules
+               and not str(getattr(sys.modules[n], "__file__", "") or "").startswith(folder)}
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("onnxruntime.quantization")
+    finally:
+        sys.path.remove(folder)
+        for n, module in foreign.items():   # theirs stay importable under their names for them; ours back
+            sys.modules[n] = module
+
+
 def _quiet():
     """onnxruntime.quantization prints progress and logs a pre-processing hint: not ours to show."""
     stack = contextlib.ExitStack()
@@ -78,11 +104,10 @@ class Histograms:
         self.images = images
 
     def ranges(self, method: str) -> dict[str, tuple[float, float]]:
-        from onnxruntime.quantization.calibrate import HistogramCollector
-
         hist = self.collector.histogram_dict
         if method == "minmax":
             return {k: (float(h[2]), float(h[3])) for k, h in hist.items()}
+        HistogramCollector = ort_quantization().calibrate.HistogramCollector
         if method.startswith("percentile-"):
             c = HistogramCollector("percentile", False, BINS, 128, float(method.split("-", 1)[1]), "same")
             c.histogram_dict = hist
@@ -109,8 +134,7 @@ def _coarse(h, k: int):
 
 def calibrate(model: onnx.ModelProto, feeds: list[dict]) -> Histograms:
     """Run the model on each feed (one at a time) and keep every float tensor's histogram."""
-    from onnxruntime.quantization.calibrate import HistogramCalibrater
-
+    HistogramCalibrater = ort_quantization().calibrate.HistogramCalibrater
     with tempfile.TemporaryDirectory(prefix="onnxrep-int8-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         onnx.save(model, path)
@@ -159,8 +183,10 @@ def unify(ranges: dict, groups: list[set[str]]) -> dict:
 
 def quantize(model: onnx.ModelProto, ranges: dict, target: str, exclude) -> onnx.ModelProto:
     """The Q/DQ model: onnxruntime's quantize_static on `ranges`, the target's settings, `exclude` float."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+    oq = ort_quantization()
+    CalibrationMethod, QuantFormat, QuantType, quantize_static = (oq.CalibrationMethod, oq.QuantFormat, oq.QuantType,
+                                                                  oq.quantize_static)
+    TensorsData, save_tensors_data = oq.calibrate.TensorsData, oq.calibrate.save_tensors_data
 
     t = TARGETS[target]
     model = at_least_opset_13(model)

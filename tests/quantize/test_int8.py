@@ -318,3 +318,17 @@ def test_optimizing_an_int8_model_keeps_it_int8(clean):
 
     assert int8_weights(again.model) == int8_weights(q) and len(int8_weights(q)) > 50
     assert "DequantizeLinear not folded: a Q/DQ pair states the precision" in again.report.text(verbose=True)
+
+
+def test_onnxruntime_quantization_imports_beside_a_foreign_float16_module(tmp_path, monkeypatch):
+    """onnxruntime.transformers imports a top-level `float16`; a float16.py earlier on the path (our own
+    peer_benchmarks/float16.py in a test run) broke every int8 run of that process."""
+    import subprocess
+    import sys
+
+    (tmp_path / "float16.py").write_text("MINE = True\n")
+    code = ("import float16, sys; from onnxrep.quantize.int8 import ort_quantization; q = ort_quantization(); "
+            "assert q.quantize_static and sys.modules['float16'].MINE; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
