@@ -210,12 +210,15 @@ def to_int8(r: Run) -> None:
     from onnxrep.door import checker_error
     from onnxrep.quantize import to_int8 as quantize
 
-    result = quantize(r.model, r.options.int8, r.int8_data, on_step=r.step)
+    final = r.deployed.model if r.deployed else r.model   # the metadata / dynamic batch already applied
+    result = quantize(final, r.options.int8, r.int8_data, on_step=r.step)
     problem = checker_error(result.model, full=True)
-    if problem is not None and checker_error(r.model, full=True) is None:
+    if problem is not None and checker_error(final, full=True) is None:
         raise InvalidModelError(f"the int8 model fails onnx.checker: {problem}")
     r.int8 = result
     r.model = result.model
+    if r.deployed is not None:
+        r.deployed.model = result.model
     r.loaded.add(id(r.model))   # the proof ran it in onnxruntime
     r.verification.add_deploy([{"check": "int8", "ok": result.ok, "line": result.line()}])
 
@@ -381,13 +384,14 @@ STAGES = (
     Stage("check_structure", "the cheapest proof first: the checker needs no model run", check_structure),
     Stage("verify", "the float model against the original, the original run once for all the proofs",
           verify_float_model, lambda r: r.options.verify.enabled),
-    Stage("int8", "after the float model is proven (it is the int8 model's reference); runs its own proof",
-          to_int8, lambda r: r.options.precision.precision == "int8" and _verified(r) and r.verification.ok),
     Stage("check_batches", "reuses the verification's inputs and outputs (when the verification could not "
                            "stack its samples itself)", check_batches,
           lambda r: r.options.batch.dynamic and _verified(r) and not any(c["check"] == "batch" for c in r.verification.deploy)),
     Stage("check_adapters", "reuses the verification's inputs and outputs", check_adapters,
           lambda r: r.deployed is not None and _verified(r)),
+    Stage("int8", "after every float proof (the float model, batch, adapters: its reference is the proven float "
+                  "model); runs its own proof", to_int8,
+          lambda r: r.options.precision.precision == "int8" and _verified(r) and r.verification.ok),
     Stage("check_loads", "the door: onnxruntime loads what will be written, whatever the options", check_loads),
     Stage("report", "last: it describes what was written", report),
 )

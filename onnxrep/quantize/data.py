@@ -64,6 +64,9 @@ def image_input(model: onnx.ModelProto) -> tuple[str, int, int, int]:
     if t.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4 or dims[1] not in (1, 3) or not all(dims[1:]):
         raise OnnxrepError(f"--precision int8: input {vi.name!r} is not a float32 image [B, C, H, W] with fixed "
                            f"C, H, W (it is {onnx.TensorProto.DataType.Name(t.elem_type)} {dims or 'of unknown shape'})")
+    if dims[0] > 1:
+        raise OnnxrepError(f"--precision int8: input {vi.name!r} has a fixed batch of {dims[0]}; calibration and the "
+                           f"proof feed one image at a time (export at batch 1, or add --dynamic-batch)")
     return vi.name, dims[1], dims[2], dims[3]
 
 

@@ -98,3 +98,26 @@ def test_budget_sends_the_most_sensitive_layers_back_to_float(yolo, calib_npz):
         # its weight is float again (its input may still be read through the DQ another quantized op shares)
         assert node.op_type == "Conv" and prod.get(node.input[1]) is None
     assert any(why.startswith("sensitive") for why in info["float_islands"])
+
+
+@pytest.mark.parametrize("flag", ["--dynamic-batch", "--metadata"])
+def test_int8_with_the_adapters_that_keep_the_head(yolo, calib_npz, tmp_path, flag):
+    """--dynamic-batch and --metadata apply to the float model before it is quantized: what is written is the
+    int8 model with them (once, the float model with the metadata was written instead)."""
+    out = tmp_path / "q.onnx"
+    code, text = cli("optimize", yolo, "-o", out, "--precision", "int8", "--calib", calib_npz(64), "--calib-size", 8,
+                     "--calib-method", "minmax", "--min-agreement", 0, flag)
+    assert code == 0, text
+    q = onnx.load(out)
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 50
+    assert any(p.key == "imgsz" for p in q.metadata_props)
+    batch = q.graph.input[0].type.tensor_type.shape.dim[0]
+    assert (batch.dim_param != "") == (flag == "--dynamic-batch")
+    if flag == "--dynamic-batch":
+        import onnxruntime as ort
+
+        x = np.load(calib_npz(64))["images"][:3]
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+        (y0,) = sess.run(None, {sess.get_inputs()[0].name: x[:1]})
+        assert y.shape[0] == 3 and np.allclose(y[:1], y0, atol=1e-4 * np.abs(y0).max())

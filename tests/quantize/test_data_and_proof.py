@@ -45,6 +45,9 @@ def test_the_input_must_be_a_float_image():
         image_input(_model(dtype=np.float16))
     with pytest.raises(OnnxrepError, match="not a float32 image"):
         image_input(_model(shape=[1, 3, "h", "w"]))
+    with pytest.raises(OnnxrepError, match="fixed batch of 4"):
+        image_input(_model(shape=[4, 3, 8, 8]))
+    assert image_input(_model(shape=["batch", 3, 8, 8])) == ("images", 3, 8, 8)
 
 
 def test_folder_letterbox_and_yolo_labels(tmp_path):
