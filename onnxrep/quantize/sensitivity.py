@@ -70,7 +70,8 @@ def layer_sqnr(model: onnx.ModelProto, q: onnx.ModelProto, feeds: list[dict]) ->
         copy.attribute.extend(node.attribute)
         g.node.append(copy)
         for t in (node.output[0], f"{base}/y"):
-            g.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+            if t not in {o.name for o in g.output}:   # a layer whose output is the model's own (a classifier's Gemm)
+                g.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
         pairs.append((node.name, node.output[0], f"{base}/y"))
     if not pairs:
         return {}

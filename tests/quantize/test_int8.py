@@ -332,3 +332,30 @@ def test_onnxruntime_quantization_imports_beside_a_foreign_float16_module(tmp_pa
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_layer_sqnr_is_each_layers_own_error():
+    """The second layer's input range is blown up at calibration by a spike that only one calibration image
+    triggers (a pixel above 1), so its int8 grid is coarse on ordinary images: it must come out the sensitive
+    one, while the first layer, reading the image, stays precise. The second's output is the model's own
+    output (a layer whose output was already an output once got it twice)."""
+    from onnxrep.quantize.sensitivity import layer_sqnr
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="first"),
+             helper.make_node("Sub", ["x", "one"], ["over"], name="over"),
+             helper.make_node("Relu", ["over"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "big"], ["spike"], name="spike"),
+             helper.make_node("Add", ["a", "spike"], ["b"], name="add"),
+             helper.make_node("Conv", ["b", "w2"], ["y"], name="second")]
+    m = make_model(nodes, [vi("x", shape=[1, 3, 4, 4])], [vi("y", shape=[1, 4, 4, 4])],
+                   [init("w1", rng.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32)), init("one", np.float32(1.0)),
+                    init("big", np.full((4, 3, 1, 1), 1000, np.float32)),
+                    init("w2", rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32))])
+    ordinary = [{"x": x[None]} for x in images(6, 4)]
+    outlier = images(1, 4, seed=9)
+    outlier[0, 0, 0, 0] = 2.0
+    q = int8.quantize(m, int8.calibrate(m, ordinary + [{"x": outlier}]).ranges("minmax"), "trt", {})
+    scores = layer_sqnr(m, q, ordinary)
+    assert {"first", "second"} <= set(scores)
+    assert scores["second"] < scores["first"] - 10, scores
