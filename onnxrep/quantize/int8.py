@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from onnxrep.io import OnnxrepError
 from onnxrep.quantize.placement import conv_fed, producers, scale_groups
@@ -209,7 +210,42 @@ def quantize(model: onnx.ModelProto, ranges: dict, target: str, exclude) -> onnx
     _restore(q, model)
     if t.residual_rule:
         fuse_residuals(q, model)
+    compact(q)
     return q
+
+
+def compact(q: onnx.ModelProto) -> None:
+    """The bytes a Q/DQ model needs and no more: quantize_static's inferred value_info dropped (runtimes infer
+    it) and identical zero points stored once (onnxruntime writes one per tensor and per weight, all zeros in
+    the int8 targets). On gelan-t the file went from 0.307 to under 0.30 of float32."""
+    del q.graph.value_info[:]
+    g = q.graph
+    zero_points = {n.input[2] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                   and len(n.input) > 2 and n.input[2]}
+    outer = {i for sub in _subgraphs(g) for n in sub.node for i in n.input}
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for init in g.initializer:
+        if init.name not in zero_points or init.name in outer:
+            continue
+        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
+        alias[init.name] = first.setdefault(key, init.name)
+    alias = {k: v for k, v in alias.items() if k != v}
+    if not alias:
+        return
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name in alias:
+                n.input[k] = alias[name]
+    keep = [i for i in g.initializer if i.name not in alias]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def _subgraphs(g: onnx.GraphProto):
+    from onnxrep.ir.counts import walk_graphs
+
+    return [sub for sub in walk_graphs(g) if sub is not g]
 
 
 MIN_OPSET = 13   # per-channel DequantizeLinear (its axis attribute) is opset 13
@@ -235,8 +271,8 @@ def at_least_opset_13(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _restore(q: onnx.ModelProto, model: onnx.ModelProto) -> None:
-    """What quantize_static's shape inference and re-save dropped or added: the original's metadata and no
-    inferred value_info (our models carry their own)."""
+    """What quantize_static's re-save loses: the float model's metadata (deployment metadata included) and
+    producer."""
     del q.metadata_props[:]
     q.metadata_props.extend(model.metadata_props)
     q.producer_name, q.producer_version = model.producer_name, model.producer_version
