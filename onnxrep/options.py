@@ -174,8 +174,9 @@ class RunOptions:
         blocked = [flag for flag, on in (("--nms", d.nms), ("--output-layout", d.output_layout != "anchors-last"),
                                          ("--input-format", d.input_format != "float"), ("--bgr", d.bgr)) if on]
         if blocked:
-            raise OnnxrepError(f"--precision int8 with {', '.join(blocked)}: not supported yet (quantize first, "
-                               f"then the adapters are not re-proven on Q/DQ models); run them as a separate step")
+            raise OnnxrepError(f"--precision int8 with {', '.join(blocked)}: not in one run yet (the adapters' proof "
+                               f"compares with the float model); quantize, then run `onnxrep optimize MODEL.int8.onnx "
+                               f"{' '.join(blocked)} ...` on the int8 model")
         if self.precision.min_agreement is not None:
             object.__setattr__(self, "int8", replace(q, min_agreement=self.precision.min_agreement))
 
