@@ -67,7 +67,8 @@ def test_every_option_named_in_the_docs_exists():
         # options of other programs the docs show beside ours (onnxsim's, onnxslim's, trtexec's, make's)
         named -= {"--outputs", "--onnx", "--fp16", "--saveEngine", "--no-deps", "--list", "--form", "--exporter",
                   "--imgsz", "--overwrite-input-shape", "--import-calibration", "--record-test-time", "--model",
-                  "--out", "--check", "--only", "--runs"} - known   # tool_time.py's, in its quoted command
+                  "--out", "--check", "--only", "--runs", "--models", "--images", "--calib", "--min-time",
+                  "--threads"} - known   # tool_time.py's and int8.py's, in their quoted commands
         assert named <= known, f"{path.name}: {sorted(named - known)} are no option of any onnxrep command"
 
 
