@@ -62,6 +62,11 @@ def optimize(model_or_path, *, passes=None, on_step=None, **options) -> Result:
     except where that would cost accuracy (passes/float16.py), with graph inputs and outputs kept float32
     unless keep_io_types=False; fp32_ops / fp32_nodes keep more in float32; verification then compares at
     float16's precision and requires min_agreement of the YOLO detections (verify/detections.py).
+    "int8" (onnxrep/quantize): after every float proof, Q/DQ INT8 calibrated on calib (an image folder or
+    .npz; calib_size images, the last 16 held out), int8_target "trt" | "ort" | "openvino", calib_method
+    (default: the best of minmax and two percentiles on the held-out images), int8_exclude (node names),
+    int8_budget (layers that may go back to float), eval (labelled images: mAP by pycocotools) with
+    max_map_drop; the result's report.int8 holds the proof, and result.ok is False when it missed its target.
     Deployment adapters (onnxrep/deploy), applied to the float model and each proven in turn:
     nms "ort" | "trt" with conf, iou, max_det, class_agnostic (outputs num_dets, det_boxes, det_scores,
     det_classes); output_layout "anchors-last" | "anchors-first" | "split"; input_format "float" |

@@ -76,7 +76,15 @@ def load_data(model: onnx.ModelProto, options: Int8Options) -> Int8Data:
     name = image_input(model)[0]
     images = load_images(options.calib, model, limit=options.calib_size + HELD_OUT)
     calib, held = split(images, options.calib_size, HELD_OUT)
-    evals = load_images(options.eval, model, labels=True, option="--eval") if options.eval else None
+    evals = None
+    if options.eval:
+        from onnxrep.verify.detections import head_layouts
+
+        shapes = {o.name: [d.dim_value or 1 for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+        if not head_layouts(model, shapes):
+            raise OnnxrepError("--eval: the model has no YOLO detection output to compute mAP on (outputs: "
+                               + ", ".join(f"{k} {v}" for k, v in shapes.items()) + ")")
+        evals = load_images(options.eval, model, labels=True, option="--eval")
     return Int8Data(calib, held, evals, name)
 
 
@@ -166,7 +174,7 @@ def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_ste
     info = {"target": options.target, "why": int8.TARGETS[options.target].why, "method": method,
             "methods_tried": tried, "calibration_images": len(feeds), "held_out": len(data.held_out),
             "calib": data.calib.source, "min_agreement": options.min_agreement, "outputs": facts,
-            "float_islands": _islands_summary(exclude, islands), "fallback": fallback}
+            "float_islands": _islands_summary(exclude), "fallback": fallback}
     if data.evals is not None:
         on_step("int8: mAP on the labelled images")
         info["max_map_drop"] = options.max_map_drop
@@ -179,7 +187,7 @@ def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_ste
     return Int8Result(q, ok, info)
 
 
-def _islands_summary(exclude: dict, islands: dict) -> dict:
+def _islands_summary(exclude: dict) -> dict:
     """reason -> node names (the report groups them)."""
     out: dict[str, list] = {}
     for node, why in exclude.items():

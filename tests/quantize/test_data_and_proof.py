@@ -154,3 +154,14 @@ def test_compare_and_output_error():
     assert not facts["det"]["ok"] and not facts["logits"]["ok"] and not facts["feat"]["ok"]   # 1.2x: SQNR 14 dB
     assert output_error(ref, bad, kinds) > output_error(ref, {**ref, "feat": ref["feat"] * 1.01}, kinds) > 0
     assert output_error(ref, {**ref, "feat": ref["feat"] * np.nan}, kinds) == np.inf
+
+
+def test_eval_on_a_model_without_a_detection_output_is_refused_before_any_run(tmp_path):
+    from onnxrep.quantize import Int8Options, load_data
+
+    m = _model(64, 64)
+    arr = np.random.default_rng(0).random((24, 3, 64, 64), np.float32)
+    np.savez(tmp_path / "a.npz", images=arr, boxes=np.zeros((1, 4)), classes=np.zeros(1), image_index=np.zeros(1))
+    load_data(m, Int8Options(calib=str(tmp_path / "a.npz")))
+    with pytest.raises(OnnxrepError, match="--eval: the model has no YOLO detection output"):
+        load_data(m, Int8Options(calib=str(tmp_path / "a.npz"), eval=str(tmp_path / "a.npz")))
