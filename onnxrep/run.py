@@ -28,6 +28,12 @@ from onnxrep.report import Report, model_stats
 from onnxrep.verify import Verification
 
 
+class UnverifiedReferenceError(OnnxrepError):
+    """--precision int8 on a model onnxruntime could not verify: nothing to quantize against."""
+
+    exit_code = 4
+
+
 class InvalidModelError(OnnxrepError):
     """A stage turned a valid model into one that onnx.checker or onnxruntime rejects: a bug of ours."""
 
@@ -210,6 +216,11 @@ def to_int8(r: Run) -> None:
     from onnxrep.door import checker_error
     from onnxrep.quantize import to_int8 as quantize
 
+    if not _verified(r):   # an unproven float model is no reference: never write it in the int8 model's place
+        raise UnverifiedReferenceError(f"--precision int8: the float model could not be verified "
+                                       f"({r.verification.skipped_reason}); the int8 proof needs it as its reference")
+    if not r.verification.ok:
+        return   # the float model failed its proof: the run fails with that (exit 1), nothing quantized
     final = r.deployed.model if r.deployed else r.model   # the metadata / dynamic batch already applied
     result = quantize(final, r.options.int8, r.int8_data, on_step=r.step)
     problem = checker_error(result.model, full=True)
@@ -390,8 +401,7 @@ STAGES = (
     Stage("check_adapters", "reuses the verification's inputs and outputs", check_adapters,
           lambda r: r.deployed is not None and _verified(r)),
     Stage("int8", "after every float proof (the float model, batch, adapters: its reference is the proven float "
-                  "model); runs its own proof", to_int8,
-          lambda r: r.options.precision.precision == "int8" and _verified(r) and r.verification.ok),
+                  "model); runs its own proof", to_int8, lambda r: r.options.precision.precision == "int8"),
     Stage("check_loads", "the door: onnxruntime loads what will be written, whatever the options", check_loads),
     Stage("report", "last: it describes what was written", report),
 )

@@ -135,3 +135,26 @@ def test_nms_in_a_second_run_on_the_int8_model(yolo, calib_npz, tmp_path):
     q, n = onnx.load(q_path), onnx.load(nms_path)
     count = lambda m: sum(x.op_type == "QuantizeLinear" for x in m.graph.node)  # noqa: E731
     assert count(n) == count(q) > 50 and [o.name for o in n.graph.output][0] == "num_dets"
+
+
+def test_int8_of_a_model_onnxruntime_cannot_verify_writes_nothing(tmp_path):
+    """--allow-unverified writes an unverified float model; with int8 that float model would have been written
+    in the int8 model's place. Now: exit 4, one line, nothing written."""
+    from onnx import helper
+
+    from tests.graphs import conv_bn, make_model, vi
+
+    base = conv_bn(cin=3)
+    g = base.graph
+    custom = helper.make_node("MySwish", [g.output[0].name], ["z"], domain="com.example")
+    dims = [d.dim_value for d in g.output[0].type.tensor_type.shape.dim]
+    model = make_model(list(g.node) + [custom], list(g.input), [vi("z", shape=dims)], list(g.initializer))
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    shape = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    np.savez(tmp_path / "c.npz", images=np.random.default_rng(0).random((24, *shape[1:]), np.float32))
+    out = tmp_path / "q.onnx"
+    code, text = cli("optimize", path, "-o", out, "--precision", "int8", "--calib", tmp_path / "c.npz", "--allow-unverified")
+    assert code == 4 and "--precision int8: the float model could not be verified" in text and not out.exists(), text
+    assert "Traceback" not in text
