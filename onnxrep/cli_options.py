@@ -88,7 +88,7 @@ int8_options = [
                       "openvino: the same placement; ort: uint8 activations on every op onnxruntime quantizes."),
     click.option("--calib", default=None, metavar="DIR|NPZ",
                  help="Calibration images: a folder (letterboxed as YOLO's val does) or a .npz ('images' [N,C,H,W]). "
-                      "The last 16 are held out to choose the method and prove the result."),
+                      "The last 24 are held out: 8 choose the method, 16 carry the proof."),
     click.option("--calib-size", type=click.IntRange(min=4), default=128, show_default=True,
                  help="Calibration images used (besides the 16 held out)."),
     click.option("--calib-method", type=click.Choice(["minmax", "percentile-99.9", "percentile-99.99",

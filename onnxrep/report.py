@@ -142,7 +142,8 @@ def _int8_lines(q: dict, verbose: bool) -> list[str]:
         return []
     tried = ", ".join(f"{m} {e:.4g}" for m, e in q["methods_tried"].items())
     lines = [f"int8 {q['target']}: {q['why']}",
-             f"int8 calibration: {q['calibration_images']} images from {q['calib']}, {q['held_out']} held out; "
+             f"int8 calibration: {q['calibration_images']} images from {q['calib']}, {q['held_out']} held out "
+             f"({q['held_out'] - q['proof_images']} choose the method, {q['proof_images']} carry the proof); "
              f"method {q['method']} (output error on the held-out images: {tried})",
              f"int8 file: {q['bytes']['ratio']:.3f} of the float32 model"]
     for reason, nodes in q["float_islands"].items():

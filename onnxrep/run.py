@@ -34,6 +34,12 @@ class UnverifiedReferenceError(OnnxrepError):
     exit_code = 4
 
 
+class FloatProofFailedError(OnnxrepError):
+    """--precision int8 whose float model failed verification."""
+
+    exit_code = 1
+
+
 class InvalidModelError(OnnxrepError):
     """A stage turned a valid model into one that onnx.checker or onnxruntime rejects: a bug of ours."""
 
@@ -219,8 +225,10 @@ def to_int8(r: Run) -> None:
     if not _verified(r):   # an unproven float model is no reference: never write it in the int8 model's place
         raise UnverifiedReferenceError(f"--precision int8: the float model could not be verified "
                                        f"({r.verification.skipped_reason}); the int8 proof needs it as its reference")
-    if not r.verification.ok:
-        return   # the float model failed its proof: the run fails with that (exit 1), nothing quantized
+    if not r.verification.ok:   # even with --force: a float model must not be written as the int8 one
+        failed = next((line for line in r.verification.lines() if "FAIL" in line), "see the report")
+        raise FloatProofFailedError(f"--precision int8: the float model failed its own proof, nothing quantized, "
+                                    f"nothing written ({failed})")
     final = r.deployed.model if r.deployed else r.model   # the metadata / dynamic batch already applied
     result = quantize(final, r.options.int8, r.int8_data, on_step=r.step)
     problem = checker_error(result.model, full=True)

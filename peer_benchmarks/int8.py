@@ -5,7 +5,7 @@
 
 accuracy: the models trained on synthetic shapes by their own code (tests/real/train_synthetic.py, cached in
 out/trained/<torch>/; trained first when missing), each optimized to float32 (verified) and to int8 for the
-trt and ort targets (`--calib` 128 + 16 held-out synthetic images of one seed), then evaluated on --images
+trt and ort targets (`--calib` 128 + 24 held-out synthetic images of one seed), then evaluated on --images
 new labelled images of another seed: mAP50-95 and mAP50 by pycocotools (quantize/proof.py, YOLOv9 val.py's
 conf 0.001, IoU 0.7, multi-label), detection agreement with the float model, file size. The naive peer:
 onnxruntime's quantize_static with its defaults (QDQ, MinMax, per-tensor, uint8/int8, every op) on the
@@ -36,7 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 import onnxrep  # noqa: E402
-from onnxrep.quantize import proof  # noqa: E402
+from onnxrep.quantize import HELD_OUT, proof  # noqa: E402
 from onnxrep.quantize.data import Images  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def accuracy(args) -> int:
     for name in args.models.split(","):
         path = _trained(name)
         size = json.loads(path.with_suffix(".json").read_text())["imgsz"]
-        calib, _, _ = synth_batch(np.random.default_rng(30_000), args.calib + 16, size)
+        calib, _, _ = synth_batch(np.random.default_rng(30_000), args.calib + HELD_OUT, size)
         imgs, _, boxes = synth_batch(np.random.default_rng(40_000), args.images, size)
         evals = Images(imgs, "synthetic", boxes[:, 2:].astype(np.float64), boxes[:, 1].astype(np.int64),
                        boxes[:, 0].astype(np.int64))
@@ -112,7 +112,7 @@ def accuracy(args) -> int:
 def render_accuracy(rows) -> str:
     lines = ["# int8 accuracy (`onnxrep optimize --precision int8`)", "",
              "Models trained on synthetic shapes by their own code (tests/real/train_synthetic.py), training-form "
-             "TorchScript exports. Calibration: 128 synthetic images (+16 held out), evaluation: other labelled "
+             "TorchScript exports. Calibration: 128 synthetic images (+24 held out), evaluation: other labelled "
              "synthetic images. mAP by pycocotools (conf 0.001, IoU 0.7, multi-label); agreement: detections after "
              "NMS at conf 0.25 against the float32 model. Naive: onnxruntime `quantize_static` defaults on the same "
              "optimized float model and calibration images.", "",
@@ -137,7 +137,7 @@ def latency(args) -> int:
     src = builder.build(args.model, "bn", imgsz=args.imgsz)
     fp32 = onnxrep.optimize(src)
     inp = fp32.model.graph.input[0].name
-    arrays = images(args.calib + 16, args.imgsz)
+    arrays = images(args.calib + HELD_OUT, args.imgsz)
     paths = {}
     with tempfile.TemporaryDirectory() as tmp:
         cpath = Path(tmp) / "calib.npz"

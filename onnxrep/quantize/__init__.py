@@ -27,7 +27,9 @@ import onnx
 
 from onnxrep.io import OnnxrepError
 
-HELD_OUT = 16   # calibration images kept back to choose the method and prove the result
+SELECT = 8      # calibration images kept back to choose the method and the layers sent back to float
+PROOF = 16      # and, apart from those, the images the proof runs on
+HELD_OUT = SELECT + PROOF
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class Int8Data:
     """The images, read before any model runs (a bad folder is a usage error that costs no run)."""
 
     calib: object
-    held_out: object
+    select: object                       # held out: choose the method (and the fallback layers)
+    proof: object                        # held out from both: the proof
     evals: object = None
     input_name: str = ""
 
@@ -74,18 +77,64 @@ def load_data(model: onnx.ModelProto, options: Int8Options) -> Int8Data:
         raise OnnxrepError("--precision int8 needs calibration images: --calib DIR (or data.npz); random inputs "
                            "are not calibration")
     name = image_input(model)[0]
+    refuse_unfit(model)
     images = load_images(options.calib, model, limit=options.calib_size + HELD_OUT)
     calib, held = split(images, options.calib_size, HELD_OUT)
+    select, proof = held.subset(range(SELECT)), held.subset(range(SELECT, HELD_OUT))
     evals = None
     if options.eval:
         from onnxrep.verify.detections import head_layouts
 
         shapes = {o.name: [d.dim_value or 1 for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-        if not head_layouts(model, shapes):
+        layouts = head_layouts(model, shapes)
+        if not layouts:
             raise OnnxrepError("--eval: the model has no YOLO detection output to compute mAP on (outputs: "
                                + ", ".join(f"{k} {v}" for k, v in shapes.items()) + ")")
+        out, layout = next(iter(layouts.items()))
+        nc = shapes[out][1 if layout == "anchors-last" else 2] - (5 if layout == "anchors-first-obj" else 4)
         evals = load_images(options.eval, model, labels=True, option="--eval")
-    return Int8Data(calib, held, evals, name)
+        if not len(evals.boxes):
+            raise OnnxrepError(f"--eval {options.eval}: no labelled objects found (YOLO txt files in labels/ beside "
+                               f"images/, or next to each image)")
+        bad = evals.classes[(evals.classes < 0) | (evals.classes >= nc)]
+        if bad.size:
+            raise OnnxrepError(f"--eval {options.eval}: class {int(bad[0])} in the labels; the model has {nc} classes")
+    return Int8Data(calib, select, proof, evals, name)
+
+
+def refuse_unfit(model: onnx.ModelProto) -> None:
+    """A model that is already quantized, or float16 inside: not a float32 reference to quantize (onnxruntime's
+    calibrator crashed on float16 tensors; a Q/DQ model would be re-quantized on its own int8 grid)."""
+    from onnxrep.ir.counts import walk_graphs
+
+    ops = {n.op_type for g in walk_graphs(model.graph) for n in g.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+              "DynamicQuantizeLinear"}:
+        raise OnnxrepError("--precision int8: the model is already quantized (it has Q/DQ or integer ops); give its "
+                           "float32 form")
+    half = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in model.graph.node)
+    if half:
+        raise OnnxrepError("--precision int8: the model computes in float16; give its float32 form (int8 is "
+                           "calibrated and proven against float32)")
+
+
+def named(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every node named, uniquely: placement and onnxruntime's nodes_to_exclude go by node name
+    (unnamed nodes all matched the name '', which made a whole model float)."""
+    names = [n.name for n in model.graph.node]
+    if all(names) and len(set(names)) == len(names):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    seen: set[str] = set()
+    for k, n in enumerate(copy.graph.node):
+        if not n.name or n.name in seen:
+            base = f"{n.op_type}_int8_{k}"
+            n.name = base
+        seen.add(n.name)
+    return copy
 
 
 def check_excluded(model: onnx.ModelProto, names) -> None:
@@ -103,18 +152,21 @@ class Int8Result:
     info: dict = field(default_factory=dict)
 
     def line(self) -> str:
+        from onnxrep.quantize import proof
+
         i = self.info
         parts = [f"int8 {i['target']}: {'ok' if self.ok else 'FAIL'}", f"method {i['method']}",
-                 f"{i['held_out']} held-out images"]
+                 f"{i['proof_images']} held-out images"]
         for name, f in i["outputs"].items():
             if f["kind"] == "detections":
                 parts.append(f"{name}: detections agree {f['agreement']:.2%} (min {i['min_agreement']:.0%}), "
                              f"box {f['box_px']:.2f} px, score {f['score_rel']:.1%} on the best anchors, "
                              f"SQNR {f['sqnr_db']:.1f} dB")
             elif f["kind"] == "top-1":
-                parts.append(f"{name}: top-1 agrees {f['agreement']:.2%}, SQNR {f['sqnr_db']:.1f} dB")
+                parts.append(f"{name}: top-1 agrees {f['agreement']:.2%} (min {i['min_agreement']:.0%}), SQNR "
+                             f"{f['sqnr_db']:.1f} dB (min {proof.MIN_SQNR_DB:g})")
             else:
-                parts.append(f"{name}: SQNR {f['sqnr_db']:.1f} dB (min {20:g})")
+                parts.append(f"{name}: SQNR {f['sqnr_db']:.1f} dB (min {proof.MIN_SQNR_DB:g})")
         if "map" in i:
             m = i["map"]
             parts.append(f"mAP50-95 {m['float']['map50_95']:.2f} -> {m['int8']['map50_95']:.2f} "
@@ -132,13 +184,17 @@ def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_ste
     from onnxrep.quantize.placement import float_islands
 
     t0 = time.perf_counter()
+    model = named(model)
     islands = float_islands(model)
     exclude = dict(islands)
     exclude.update({n: "--int8-exclude" for n in options.exclude})
+    exclude.update({n.name: "grouped ConvTranspose (onnxruntime's per-channel scales follow Cout/group)"
+                    for n in model.graph.node if n.op_type == "ConvTranspose"
+                    and any(a.name == "group" and a.i > 1 for a in n.attribute)})
     feeds = [{data.input_name: x[None]} for x in data.calib.arrays]
     on_step(f"int8: calibrating on {len(feeds)} images")
     hist = int8.calibrate(model, feeds)
-    ref = proof.run_images(model, data.held_out.arrays, data.input_name)
+    ref = proof.run_images(model, data.select.arrays, data.input_name)
     kinds = proof.layouts(model, ref)
     methods = [options.calib_method] if options.calib_method else list(int8.SEARCH)
     tried = {}
@@ -146,13 +202,18 @@ def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_ste
     for m in methods:
         on_step(f"int8: quantizing ({m})")
         q = int8.quantize(model, hist.ranges(m), options.target, exclude)
-        got = proof.run_images(q, data.held_out.arrays, data.input_name)
-        err = proof.output_error(ref, got, kinds)
+        err = proof.output_error(ref, proof.run_images(q, data.select.arrays, data.input_name), kinds)
         tried[m] = round(err, 6)
         if best is None or err < best[0]:
-            best = (err, m, q, got)
-    _, method, q, got = best
-    facts = proof.compare(ref, got, kinds, options.min_agreement)
+            best = (err, m, q)
+    _, method, q = best
+    proof_ref = proof.run_images(model, data.proof.arrays, data.input_name)
+
+    def prove(candidate):
+        return proof.compare(proof_ref, proof.run_images(candidate, data.proof.arrays, data.input_name), kinds,
+                             options.min_agreement)
+
+    facts = prove(q)
     fallback = []
     ranges = hist.ranges(method)
     if not all(f["ok"] for f in facts.values()) and options.budget:
@@ -164,15 +225,15 @@ def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_ste
             exclude[node] = f"sensitive: SQNR {db:.1f} dB quantized alone"
             on_step(f"int8: {node} back to float")
             q = int8.quantize(model, ranges, options.target, exclude)
-            got = proof.run_images(q, data.held_out.arrays, data.input_name)
-            facts = proof.compare(ref, got, kinds, options.min_agreement)
+            facts = prove(q)
             fallback.append({"node": node, "sqnr_db": round(db, 2),
                              "after": {k: f.get("agreement", f["sqnr_db"]) for k, f in facts.items()}})
             if all(f["ok"] for f in facts.values()):
                 break
     ok = all(f["ok"] for f in facts.values())
     info = {"target": options.target, "why": int8.TARGETS[options.target].why, "method": method,
-            "methods_tried": tried, "calibration_images": len(feeds), "held_out": len(data.held_out),
+            "methods_tried": tried, "calibration_images": len(feeds), "held_out": len(data.select) + len(data.proof),
+            "proof_images": len(data.proof),
             "calib": data.calib.source, "min_agreement": options.min_agreement, "outputs": facts,
             "float_islands": _islands_summary(exclude), "fallback": fallback}
     if data.evals is not None:

@@ -3,11 +3,12 @@
     calib = load_images("calib/", model)          # Images: .arrays [N, 3, H, W] float32 in [0, 1]
     evals = load_images("coco-val/", model, labels=True)
 
-A folder of images (jpg, jpeg, png, bmp, webp; sorted by name): each resized so its long side fits the
-model's input (bilinear; YOLO's val resizes the long side to imgsz), padded to the input's H x W with grey
-114 centred (YOLO's letterbox), RGB, scaled to [0, 1]. With labels, YOLO txt files are read from a
-`labels/` folder beside `images/` (or next to each image): `class cx cy w h`, normalised to the original
-image, turned into pixel x1y1x2y2 boxes in the letterboxed input.
+A folder of images (jpg, jpeg, png, bmp, webp; sorted by name; EXIF rotation applied): each resized so its
+long side fits the model's input (bilinear; YOLO's val resizes the long side to imgsz), padded to the
+input's H x W with grey 114 centred (YOLO's letterbox), RGB, scaled to [0, 1]. With labels, YOLO txt files
+are read from a `labels/` folder beside `images/`, the ultralytics layout (`images/val` -> `labels/val`), or
+next to each image: `class cx cy w h` (or a segmentation polygon, taken as its bounding box), normalised to
+the original image, turned into pixel x1y1x2y2 boxes in the letterboxed input.
 
 A .npz file: `images` (or the model input's name) [N, C, H, W], float (used as is) or uint8 (divided by
 255); with labels, `boxes` [n, 4] pixel x1y1x2y2 in the input, `classes` [n] and `image_index` [n].
@@ -152,6 +153,9 @@ def _from_folder(path: Path, chw, labels: bool, limit, option: str) -> Images:
     for k, f in enumerate(files):
         try:
             with Image.open(f) as im:
+                from PIL import ImageOps
+
+                im = ImageOps.exif_transpose(im)   # a phone photo's rotation, as the labels (and cv2) see it
                 img = im.convert("RGB" if c == 3 else "L").convert("RGB")
                 w0, h0 = img.size
                 arr, r, px, py = letterbox(img, h, w)
@@ -174,7 +178,13 @@ def _from_folder(path: Path, chw, labels: bool, limit, option: str) -> Images:
 
 
 def _yolo_labels(root: Path, folder: Path, image: Path, option: str):
-    candidates = [root / "labels" / (image.stem + ".txt"), image.with_suffix(".txt")]
+    """(class, [cx, cy, w, h] normalised) per object: labels/ beside images/, the ultralytics layout
+    (.../images/val/x.jpg -> .../labels/val/x.txt), or next to the image. A polygon (segmentation labels:
+    class x1 y1 x2 y2 ...) becomes its bounding box."""
+    parts = image.parts
+    swapped = [Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt")
+               for i in range(len(parts) - 1, -1, -1) if parts[i] == "images"]
+    candidates = [root / "labels" / (image.stem + ".txt"), *swapped, image.with_suffix(".txt")]
     label = next((p for p in candidates if p.is_file()), None)
     if label is None:
         return   # an image without objects
@@ -183,11 +193,16 @@ def _yolo_labels(root: Path, folder: Path, image: Path, option: str):
         if not parts:
             continue
         try:
-            cls, values = int(float(parts[0])), np.array([float(v) for v in parts[1:5]])
+            cls, values = int(float(parts[0])), np.array([float(v) for v in parts[1:]])
         except ValueError:
             values = np.array([])
-        if len(parts) < 5 or values.size != 4:
-            raise OnnxrepError(f"{option} {label}:{n}: expected 'class cx cy w h' (YOLO txt), got {line.strip()!r}")
+        if len(parts) < 5 or (values.size != 4 and (values.size % 2 or values.size < 6)):
+            raise OnnxrepError(f"{option} {label}:{n}: expected 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 "
+                               f"y3 ...' (YOLO txt), got {line.strip()!r}")
+        if values.size > 4:   # a polygon: its bounding box
+            xs, ys = values[0::2], values[1::2]
+            values = np.array([(xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2, xs.max() - xs.min(),
+                               ys.max() - ys.min()])
         yield cls, values
 
 
@@ -196,6 +211,6 @@ def split(images: Images, calib_size: int, held_out: int) -> tuple[Images, Image
     n = len(images)
     if n < held_out + 4:
         raise OnnxrepError(f"--calib {images.source}: {n} images; at least {held_out + 4} needed ({held_out} held out "
-                           f"to choose the method and prove the result, 4 or more to calibrate on)")
+                           f"to choose the method and to prove the result, 4 or more to calibrate on)")
     cal = np.arange(min(calib_size, n - held_out))
     return images.subset(cal), images.subset(np.arange(n - held_out, n))

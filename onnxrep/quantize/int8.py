@@ -114,23 +114,73 @@ class Histograms:
             c.histogram_dict = hist
         elif method == "entropy":   # ORT's KL search is quadratic in the bins: read it on a 4x coarser histogram
             c = HistogramCollector("entropy", False, BINS // 4, 128, 99.999, "same")
-            c.histogram_dict = {k: _coarse(h, 4) for k, h in hist.items()}
+            c.histogram_dict = {k: rebin(h, max(1, len(h[0]) // (BINS // 4))) for k, h in hist.items()}
         else:
             raise OnnxrepError(f"--calib-method {method!r}: choose one of {', '.join(METHODS)}")
         with _quiet():
             result = c.compute_collection_result()
         out = {}
         for k, v in result.items():
-            lo, hi = float(v[0]), float(v[1])
             h = hist[k]
-            out[k] = (max(lo, float(h[2])), min(hi, float(h[3])))   # never wider than what was seen
+            lo, hi = max(float(v[0]), float(h[2])), min(float(v[1]), float(h[3]))   # never wider than what was seen
+            stride = float(h[1][1] - h[1][0]) if len(h[1]) > 1 else 0.0
+            if hi - lo <= stride:   # a sparse tensor's percentile collapsed to (0, 0) or one bin: its extremes
+                lo, hi = float(h[2]), float(h[3])
+            out[k] = (lo, hi)
         return out
 
 
-def _coarse(h, k: int):
-    counts, edges = h[0], h[1]
-    n = len(counts) // k * k
-    return (counts[:n].reshape(-1, k).sum(1), edges[:n + 1:k], h[2], h[3])
+def rebin(h, k: int):
+    """ORT's value histogram (counts, edges symmetric about 0, min, max, threshold) with every k bins merged
+    into one, zero-count bins added at both ends first so that 0 stays an edge."""
+    counts, edges = np.asarray(h[0]), np.asarray(h[1])
+    n = len(counts)
+    pad = (-(n // 2)) % k
+    if pad:
+        stride = edges[1] - edges[0]
+        counts = np.concatenate([np.zeros(pad, counts.dtype), counts, np.zeros(pad, counts.dtype)])
+        left = edges[0] - stride * np.arange(pad, 0, -1, dtype=edges.dtype)
+        right = edges[-1] + stride * np.arange(1, pad + 1, dtype=edges.dtype)
+        edges = np.concatenate([left, edges, right]).astype(np.asarray(h[1]).dtype)
+    merged = counts.reshape(-1, k).sum(1)
+    threshold = h[4] + pad * (edges[1] - edges[0]) if len(h) > 4 else None
+    rest = (h[2], h[3]) + ((np.asarray(threshold, dtype=np.asarray(h[4]).dtype),) if len(h) > 4 else ())
+    return (merged, edges[::k], *rest)
+
+
+def _bound_merges(collector) -> None:
+    """ORT's merge of a histogram with a wider image keeps the old bin width and adds bins to reach the new
+    range: a dark first image (range 1e-4) then a bright one asked numpy for 20 million bins and failed. Before
+    the merge, the old histogram is coarsened (bins merged in pairs, 0 kept an edge) until the merged one
+    fits in 2 x BINS."""
+    if getattr(collector, "_onnxrep_bounded", False):
+        return
+    original = collector.merge_histogram
+
+    def merge(old, data, new_min, new_max, new_threshold):
+        while True:
+            counts, edges, threshold = old[0], old[1], old[4]
+            stride = float(edges[1] - edges[0]) if len(edges) > 1 else 0.0
+            if new_threshold <= threshold or threshold == 0 or stride <= 0:
+                break
+            half = int((float(new_threshold) - float(threshold)) // stride + 1)
+            if len(counts) + 2 * half <= 2 * BINS:
+                break
+            old = rebin(old, 2)
+        return original(old, data, new_min, new_max, new_threshold)
+
+    collector.merge_histogram = merge
+    collector._onnxrep_bounded = True
+
+
+def _bounded(collector) -> None:
+    """Keep every histogram within 2 x BINS: ORT's merge adds bins at the same width whenever a later image
+    widens the range (a dark first image made histograms of 600k bins, and entropy's search quadratic in them)."""
+    hist = collector.histogram_dict
+    for k, h in hist.items():
+        while len(h[0]) > 2 * BINS:
+            h = rebin(h, 2)
+        hist[k] = h
 
 
 def calibrate(model: onnx.ModelProto, feeds: list[dict]) -> Histograms:
@@ -146,6 +196,8 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict]) -> Histograms:
             cal.create_inference_session()
             for feed in feeds:
                 cal.collect_data(_Reader([feed]))
+                _bound_merges(cal.collector)
+                _bounded(cal.collector)
         collector, tensors = cal.collector, set(cal.tensors_to_calibrate)
         del cal
     return Histograms(collector, tensors, len(feeds))
@@ -201,11 +253,16 @@ def quantize(model: onnx.ModelProto, ranges: dict, target: str, exclude) -> onnx
         src, dst, cache = (os.path.join(tmp, f) for f in ("float.onnx", "int8.onnx", "ranges.json"))
         onnx.save(model, src)
         save_tensors_data(data, cache)
-        with _quiet():
-            quantize_static(src, dst, None, QuantFormat.QDQ, op_types_to_quantize=list(t.op_types) if t.op_types else None,
-                            per_channel=True, activation_type=QuantType.QInt8 if t.activation == "int8" else QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), extra_options=extra,
-                            calibration_cache_path=cache)
+        try:
+            with _quiet():
+                quantize_static(src, dst, None, QuantFormat.QDQ,
+                                op_types_to_quantize=list(t.op_types) if t.op_types else None, per_channel=True,
+                                activation_type=QuantType.QInt8 if t.activation == "int8" else QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), extra_options=extra,
+                                calibration_cache_path=cache)
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime's quantizer on a graph it can't handle: one line
+            raise OnnxrepError(f"onnxruntime's quantizer failed on this model ({type(exc).__name__}: {str(exc)[:300]}); "
+                               f"--int8-exclude the node it names, or report it") from None
         q = onnx.load(dst)
     _restore(q, model)
     if t.residual_rule:

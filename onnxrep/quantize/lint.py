@@ -10,7 +10,7 @@ Rules (each a list of findings):
 - per-channel weights: the DequantizeLinear of a Conv/Gemm/MatMul constant weight has one scale per output
   channel (merged RepConv kernels have outlier channels a per-tensor scale would crush).
 - one scale per Concat group (trt, openvino): every Q/DQ'd input of a Concat and its Q/DQ'd output carry
-  the same scale.
+  the same scale; so do the input and the outputs of MaxPool, Resize, Slice, Split, Reshape, Transpose...
 - no Q/DQ pair on the Conv-fed input of an Add (trt, openvino: it blocks TensorRT's Conv+Add fusion).
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxrep.quantize.placement import conv_fed, producers
+from onnxrep.quantize.placement import MOVERS, conv_fed, producers
 
 
 def _consts(g: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -91,6 +91,11 @@ def lint(q: onnx.ModelProto, float_model: onnx.ModelProto, target: str = "trt") 
             channels = w.shape[axis] if w.ndim else 1
             if w.ndim > 1 and channels > 1 and scale.size != channels:
                 add("per-channel weights", f"{n.name}: {scale.size} weight scale(s) for {channels} channels")
+        elif n.op_type in MOVERS and target != "ort" and n.input:
+            scale = _scale_of(prod, consts, n.input[0])
+            outs = [consts.get(r.input[1]) for o in n.output for r in readers.get(o, []) if r.op_type == "QuantizeLinear"]
+            if scale is not None and any(x is None or not np.array_equal(x, scale) for x in outs):
+                add("one scale across MaxPool/Resize/Slice/Split", f"{n.name} ({n.op_type}): input and output scales differ")
         elif n.op_type == "Concat" and target != "ort":
             scales = [s for s in (_scale_of(prod, consts, i) for i in n.input) if s is not None]
             for r in readers.get(n.output[0], []):

@@ -4,9 +4,10 @@ TensorRT residual rule.
 Float islands (`float_islands`): the post-processing tail of every output, everything between the last
 matrix layers (Conv, Gemm, MatMul) and the outputs: a YOLO head's box/score Concat (boxes in pixels and
 scores in 0..1 in one tensor: one int8 scale would round every score to 0), its DFL Softmax and the
-expectation Conv after it, the box decode, the class Sigmoid. Found by walking back from each output and
-stopping at a matrix layer, except a Conv fed by a Softmax (the DFL expectation, a fixed arange kernel).
-Each node gets its reason, for the report.
+expectation Conv after it, the box decode, the class Sigmoid. Found by walking back from each head output
+and stopping at a matrix layer, except a Conv fed by a Softmax (the DFL expectation, a fixed arange
+kernel); from an output that is no detection head only through single-input nodes (a skip connection's
+Add would lead back into the backbone). Each node gets its reason, for the report.
 
 Shared scales (`scale_groups`): every input and output of a Concat, and both sides of the ops that only move
 values (MaxPool, Resize, Slice, Split, Reshape, Transpose, Squeeze, Unsqueeze, Flatten), form one group;
@@ -46,7 +47,9 @@ def _through(prod, tensor: str, ops: set[str]) -> onnx.NodeProto | None:
     return node
 
 
-def _reason(node: onnx.NodeProto, outputs: set[str], prod) -> str:
+def _reason(node: onnx.NodeProto, outputs: set[str], head: bool) -> str:
+    if not head:
+        return "the output's own tail (after its last matrix layer; the output is no recognised detection head)"
     if node.op_type == "Softmax":
         return "DFL softmax (a distribution over box distances: int8 flattens it)"
     if node.op_type in MATRIX:
@@ -58,23 +61,42 @@ def _reason(node: onnx.NodeProto, outputs: set[str], prod) -> str:
     return "box decode and head reshaping (after the last matrix layer)"
 
 
-def float_islands(model: onnx.ModelProto) -> dict[str, str]:
-    """node name -> why it stays float: the tail of every graph output after the last matrix layer."""
+def detection_outputs(model: onnx.ModelProto) -> set[str]:
+    """The graph outputs recognised as YOLO detection heads (verify/detections.py: the deploy recogniser, else
+    the shape), read from the declared shapes."""
+    from onnxrep.verify.detections import head_layouts
+
+    shapes = {o.name: [d.dim_value or 1 for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    return set(head_layouts(model, shapes))
+
+
+def float_islands(model: onnx.ModelProto, heads: set[str] | None = None) -> dict[str, str]:
+    """node name -> why it stays float: the tail of every graph output after its last matrix layer.
+
+    From a detection head's output (`heads`, recognised when not given) the walk goes back through everything
+    but matrix layers (the DFL's expectation Conv, fed by a Softmax, included): the whole head tail. From any
+    other output it follows only nodes with one non-constant input and stops at a join (an Add of a skip
+    connection, a Concat of branches): walking through a join would reach back into the backbone."""
     g = model.graph
     prod, consts = producers(g), _constants(g)
     outputs = {o.name for o in g.output}
+    heads = detection_outputs(model) if heads is None else heads
     found: dict[str, str] = {}
-    stack = list(outputs)
+    stack = [(o, o in heads) for o in outputs]
     while stack:
-        node = prod.get(stack.pop())
+        tensor, head = stack.pop()
+        node = prod.get(tensor)
         if node is None or node.name in found or node.op_type == "Constant":
             continue
+        data = list(dict.fromkeys(i for i in node.input if i and i not in consts))
         if node.op_type in MATRIX:
             feeder = _through(prod, node.input[0], _SHAPE_ONLY)
-            if feeder is None or feeder.op_type != "Softmax":
+            if not head or feeder is None or feeder.op_type != "Softmax":
                 continue
-        found[node.name] = _reason(node, outputs, prod)
-        stack.extend(i for i in node.input if i and i not in consts)
+        elif not head and len(data) > 1:
+            continue
+        found[node.name] = _reason(node, outputs, head)
+        stack.extend((i, head) for i in data)
     return found
 
 

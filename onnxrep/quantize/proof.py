@@ -11,8 +11,9 @@ All runs in onnxruntime with graph optimizations disabled: the Q/DQ model comput
 Detection outputs (verify/detections.py recognises the layout) are compared as detections: agreement after
 NMS (at conf 0.25, lowered for a random-weight model as in the float16 proof; a tie is a score within
 0.1 x conf of the cut), the largest box
-error in pixels and score error on each image's 100 best anchors. A classifier's logits [B, K] by top-1
-agreement. Anything else by SQNR (signal to quantization noise, dB).
+error in pixels and score error on each image's 100 best anchors. A classifier's logits [B, K >= 10] by
+top-1 agreement and SQNR (an embedding's argmax agreeing says nothing alone). Anything else by SQNR (signal
+to quantization noise, dB) of at least 20 dB.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from onnxrep.io import OnnxrepError
 from onnxrep.verify.detections import agreement, anchors_last, head_layouts, nms, top_anchor_errors
 
 MIN_SQNR_DB = 20.0
+MAX_DB = 300.0   # an exact output's SQNR (infinite) is reported as this
 TIE = 0.1   # a detection only one model finds is a tie when the other scored it within 0.1 x conf (a threshold
             # fell between two nearly equal scores); a fixed share, not one measured on the int8 model itself
 
@@ -107,7 +109,7 @@ def compare(ref: dict, got: dict, kinds: dict[str, str], min_agreement: float) -
     out = {}
     for name, r in ref.items():
         g = got[name]
-        facts: dict = {"sqnr_db": round(_sqnr(r, g), 2)}
+        facts: dict = {"sqnr_db": round(min(_sqnr(r, g), MAX_DB), 2)}   # capped: JSON has no Infinity
         if name in kinds:
             a, b = anchors_last(r, kinds[name]), anchors_last(g, kinds[name])
             conf = agreement([a], [b], conf=0.25, min_detections=20, eps=0.0).conf
@@ -117,12 +119,13 @@ def compare(ref: dict, got: dict, kinds: dict[str, str], min_agreement: float) -
                          disagreements=agree.disagreements, ties=agree.ties, conf=agree.conf,
                          conf_lowered=agree.conf_lowered, mean_iou=round(agree.mean_iou, 4),
                          box_px=round(px, 3), score_rel=round(rel, 4), anchors_checked=checked,
-                         ok=agree.rate >= min_agreement, line=agree.line())
-        elif r.ndim == 2 and r.shape[1] > 1:
+                         ok=bool(agree.rate >= min_agreement), line=agree.line())
+        elif r.ndim == 2 and r.shape[1] >= 10:   # logits: the class must agree, and the values stay close
             top1 = float(np.mean(r.argmax(1) == g.argmax(1)))
-            facts.update(kind="top-1", agreement=round(top1, 4), ok=top1 >= min_agreement)
+            facts.update(kind="top-1", agreement=round(top1, 4),
+                         ok=bool(top1 >= min_agreement and facts["sqnr_db"] >= MIN_SQNR_DB))
         else:
-            facts.update(kind="sqnr", ok=facts["sqnr_db"] >= MIN_SQNR_DB)
+            facts.update(kind="sqnr", ok=bool(facts["sqnr_db"] >= MIN_SQNR_DB))
         out[name] = facts
     return out
 

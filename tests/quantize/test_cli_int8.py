@@ -35,7 +35,8 @@ def test_int8_written_with_its_proof(yolo, calib_npz, tmp_path):
     onnx.checker.check_model(q, full_check=True)
     report = json.loads((tmp_path / "r.json").read_text())
     info = report["int8"]
-    assert info["ok"] and info["lint"] == [] and info["calibration_images"] == 16 and info["held_out"] == 16
+    assert info["ok"] and info["lint"] == [] and info["calibration_images"] == 16 and info["held_out"] == 24
+    assert info["proof_images"] == 16
     assert set(info["methods_tried"]) == {"minmax", "percentile-99.99", "percentile-99.999"}
     assert info["method"] == min(info["methods_tried"], key=info["methods_tried"].get)
     assert info["bytes"]["ratio"] < 0.45
@@ -153,7 +154,7 @@ def test_int8_of_a_model_onnxruntime_cannot_verify_writes_nothing(tmp_path):
     path = tmp_path / "custom.onnx"
     onnx.save(model, path)
     shape = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
-    np.savez(tmp_path / "c.npz", images=np.random.default_rng(0).random((24, *shape[1:]), np.float32))
+    np.savez(tmp_path / "c.npz", images=np.random.default_rng(0).random((32, *shape[1:]), np.float32))
     out = tmp_path / "q.onnx"
     code, text = cli("optimize", path, "-o", out, "--precision", "int8", "--calib", tmp_path / "c.npz", "--allow-unverified")
     assert code == 4 and "--precision int8: the float model could not be verified" in text and not out.exists(), text

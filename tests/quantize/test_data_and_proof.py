@@ -141,27 +141,57 @@ def test_detections_for_map_are_multi_label_and_nms_per_class():
 
 def test_compare_and_output_error():
     images, y = _gt(n_images=8)
-    ref = {"det": y, "logits": np.eye(4, 5, dtype=np.float32), "feat": np.ones((2, 3, 4), np.float32)}
+    ref = {"det": y, "logits": np.eye(4, 12, dtype=np.float32), "feat": np.ones((2, 3, 4), np.float32)}
     kinds = {"det": "anchors-last"}
     assert output_error(ref, ref, kinds) == 0
     facts = compare(ref, ref, kinds, 0.95)
     assert facts["det"]["kind"] == "detections" and facts["det"]["agreement"] == 1 and facts["det"]["ok"]
     assert facts["logits"]["kind"] == "top-1" and facts["logits"]["ok"]
     assert facts["feat"]["kind"] == "sqnr" and facts["feat"]["ok"]
-    bad = {"det": y.copy(), "logits": np.eye(4, 5, k=1, dtype=np.float32), "feat": np.ones((2, 3, 4), np.float32) * 1.2}
+    bad = {"det": y.copy(), "logits": np.eye(4, 12, k=1, dtype=np.float32), "feat": np.ones((2, 3, 4), np.float32) * 1.2}
     bad["det"][:, 4:] = 0
     facts = compare(ref, bad, kinds, 0.95)
     assert not facts["det"]["ok"] and not facts["logits"]["ok"] and not facts["feat"]["ok"]   # 1.2x: SQNR 14 dB
     assert output_error(ref, bad, kinds) > output_error(ref, {**ref, "feat": ref["feat"] * 1.01}, kinds) > 0
     assert output_error(ref, {**ref, "feat": ref["feat"] * np.nan}, kinds) == np.inf
+    # an embedding-like [B, K] whose argmax agrees but whose values do not: SQNR fails it
+    emb = {"e": np.tile(np.arange(12, dtype=np.float32), (4, 1))}
+    facts = compare(emb, {"e": emb["e"] * 3}, {}, 0.95)["e"]
+    assert facts["kind"] == "top-1" and facts["agreement"] == 1 and not facts["ok"]
+    # JSON-ready: plain bools, a finite SQNR for an exact output
+    exact = compare(emb, emb, {}, 0.95)["e"]
+    assert type(exact["ok"]) is bool and exact["ok"] and np.isfinite(exact["sqnr_db"])
+    import json
+    assert json.loads(json.dumps(exact))["ok"] is True
 
 
 def test_eval_on_a_model_without_a_detection_output_is_refused_before_any_run(tmp_path):
     from onnxrep.quantize import Int8Options, load_data
 
     m = _model(64, 64)
-    arr = np.random.default_rng(0).random((24, 3, 64, 64), np.float32)
+    arr = np.random.default_rng(0).random((32, 3, 64, 64), np.float32)
     np.savez(tmp_path / "a.npz", images=arr, boxes=np.zeros((1, 4)), classes=np.zeros(1), image_index=np.zeros(1))
     load_data(m, Int8Options(calib=str(tmp_path / "a.npz")))
     with pytest.raises(OnnxrepError, match="--eval: the model has no YOLO detection output"):
         load_data(m, Int8Options(calib=str(tmp_path / "a.npz"), eval=str(tmp_path / "a.npz")))
+
+
+def test_ultralytics_layout_polygons_and_exif(tmp_path):
+    """Found by review: labels in labels/val for images/val were not found (an mAP on no objects 'passed'),
+    polygons were read as cx cy w h, and a rotated phone photo was letterboxed unrotated."""
+    from PIL import Image
+
+    from onnxrep.quantize.data import load_images
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "val").mkdir(parents=True)
+    img = Image.new("RGB", (64, 32), (255, 0, 0))   # stored landscape, EXIF says: rotate to portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6   # orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "images" / "val" / "a.jpg", exif=exif)
+    (tmp_path / "labels" / "val" / "a.txt").write_text("1 0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75\n")
+    got = load_images(tmp_path / "images" / "val", _model(64, 64), labels=True, option="--eval")
+    assert got.classes.tolist() == [1]
+    # displayed as 32 wide x 64 high: fits 64 high, padded 16 left and right; box the middle half of it
+    assert np.allclose(got.boxes[0], [16 + 8, 16, 16 + 24, 48])
+    assert np.allclose(got.arrays[0][:, :, :16], 114 / 255) and got.arrays[0][0, 32, 32] > 0.9

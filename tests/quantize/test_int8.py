@@ -359,3 +359,104 @@ def test_layer_sqnr_is_each_layers_own_error():
     scores = layer_sqnr(m, q, ordinary)
     assert {"first", "second"} <= set(scores)
     assert scores["second"] < scores["first"] - 10, scores
+
+
+def _tiny(nodes, inits, out_shape=(1, 4, 8, 8), cin=3):
+    return make_model(nodes, [vi("x", shape=[1, cin, 8, 8])], [vi(nodes[-1].output[0], shape=list(out_shape))], inits)
+
+
+def test_unnamed_nodes_are_named_before_placement(tmp_path):
+    """Found by review: islands and nodes_to_exclude go by node name; unnamed nodes all matched '' and the whole
+    model stayed float."""
+    from onnxrep.quantize import named
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1] * 4)]
+    m = _tiny(nodes, [init("w", rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)),
+                      init("w2", rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32))])
+    n = named(m)
+    names = [x.name for x in n.graph.node]
+    assert all(names) and len(set(names)) == 3 and not any(x.name for x in m.graph.node)   # the input untouched
+    np.savez(tmp_path / "c.npz", images=images(32, 8))
+    import onnxrep
+
+    r = onnxrep.optimize(m, precision="int8", calib=str(tmp_path / "c.npz"), min_agreement=0)
+    assert sum(x.op_type == "QuantizeLinear" for x in r.model.graph.node) >= 2, r.report.text()
+    assert r.report.int8["lint"] == []
+
+
+def test_float16_and_quantized_models_are_refused_before_any_run(clean):
+    from onnxrep.io import OnnxrepError
+    from onnxrep.quantize import refuse_unfit
+
+    m, q = clean
+    refuse_unfit(m)
+    with pytest.raises(OnnxrepError, match="already quantized"):
+        refuse_unfit(q)
+    half = onnx.ModelProto()
+    half.CopyFrom(m)
+    half.graph.node.append(helper.make_node("Cast", [m.graph.output[0].name], ["h"], to=onnx.TensorProto.FLOAT16))
+    with pytest.raises(OnnxrepError, match="computes in float16"):
+        refuse_unfit(half)
+
+
+def test_histograms_stay_bounded_when_later_images_widen_the_range():
+    """Found by review: ORT's histogram merge keeps the bin width and adds bins; a dark first image grew them to
+    600k bins. The extremes must still be exact."""
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    m = make_model(nodes, [vi("x", shape=[1, 3, 8, 8])], [vi("y", shape=[1, 3, 8, 8])])
+    feeds = [{"x": np.full((1, 3, 8, 8), v, np.float32) * np.linspace(0, 1, 192, dtype=np.float32).reshape(1, 3, 8, 8)}
+             for v in (1e-4, 1.0, 1000.0)]
+    hist = int8.calibrate(m, feeds)
+    assert all(len(h[0]) <= 2 * int8.BINS for h in hist.collector.histogram_dict.values())
+    assert hist.ranges("minmax")["y"] == pytest.approx((0.0, 1000.0))
+    lo, hi = hist.ranges("percentile-99.99")["y"]
+    assert 0 <= lo < hi <= 1000.0
+
+
+def test_a_collapsed_percentile_falls_back_to_the_extremes():
+    """A sparse tensor (all zeros but a few values): its percentile range collapsed to (0, 0), and onnxruntime
+    used scale 1 whatever the data."""
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="relu")]
+    m = make_model(nodes, [vi("x", shape=[1, 3, 32, 32])], [vi("y", shape=[1, 3, 32, 32])])
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    x[0, 0, 0, 0] = 5.0
+    hist = int8.calibrate(m, [{"x": x}])
+    assert hist.ranges("percentile-99.9")["y"] == pytest.approx((0.0, 5.0))
+
+
+def test_grouped_conv_transpose_stays_float_in_every_target(tmp_path):
+    """Found by review: onnxruntime's per-channel scales for a grouped ConvTranspose follow Cout/group and its
+    bias quantization crashed (ort target)."""
+    import onnxrep
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1] * 4),
+             helper.make_node("ConvTranspose", ["c", "wt", "b"], ["y"], name="up", group=2, strides=[2, 2])]
+    m = _tiny(nodes, [init("w", rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)),
+                      init("wt", rng.normal(0, 0.3, (4, 3, 2, 2)).astype(np.float32)),
+                      init("b", rng.normal(0, 0.1, 6).astype(np.float32))], out_shape=(1, 6, 16, 16))
+    np.savez(tmp_path / "c.npz", images=images(32, 8))
+    for target in ("ort", "trt"):
+        r = onnxrep.optimize(m, precision="int8", int8_target=target, calib=str(tmp_path / "c.npz"), min_agreement=0)
+        assert r.report.int8["lint"] == [], r.report.int8["lint"]
+        assert any("grouped ConvTranspose" in why for why in r.report.int8["float_islands"])
+        onnx.checker.check_model(r.model, full_check=True)
+
+
+def test_lint_catches_a_maxpool_that_changes_the_scale(clean):
+    m, q = clean
+    q = _copy(q)
+    consts = _consts(q)
+    readers = {}
+    for n in q.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    pool = _first(q, "MaxPool", lambda n: any(r.op_type == "QuantizeLinear" for r in readers.get(n.output[0], [])))
+    qn = next(r for r in readers[pool.output[0]] if r.op_type == "QuantizeLinear")
+    name = qn.input[1] + "_mutated"
+    q.graph.initializer.append(numpy_helper.from_array(consts[qn.input[1]] * np.float32(2), name))
+    qn.input[1] = name
+    assert any(line.startswith("one scale across MaxPool") and pool.name in line for line in lint(q, m))

@@ -31,7 +31,7 @@ def test_int8_trt_of_real_exports_lints_clean_and_runs_in_ort_and_openvino(real_
     path = real_export(model).path(form)
     src = onnx.load(str(path), load_external_data=False)
     size = src.graph.input[0].type.tensor_type.shape.dim[2].dim_value
-    images, _, _ = synth_batch(np.random.default_rng(7), 24, size)
+    images, _, _ = synth_batch(np.random.default_rng(7), 32, size)
     np.savez(tmp_path / "calib.npz", images=images)
     result = onnxrep.optimize(path, precision="int8", int8_target="trt", calib=str(tmp_path / "calib.npz"),
                               calib_size=8, calib_method="percentile-99.999", min_agreement=0.0)
