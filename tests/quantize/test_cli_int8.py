@@ -159,3 +159,34 @@ def test_int8_of_a_model_onnxruntime_cannot_verify_writes_nothing(tmp_path):
     code, text = cli("optimize", path, "-o", out, "--precision", "int8", "--calib", tmp_path / "c.npz", "--allow-unverified")
     assert code == 4 and "--precision int8: the float model could not be verified" in text and not out.exists(), text
     assert "Traceback" not in text
+
+
+class _WrongNumbers:
+    """A pass that keeps the model valid but changes its numbers: every Conv bias + 1."""
+
+    name = "wrong_numbers"
+
+    def run(self, graph, ctx):
+        import onnx_graphsurgeon as gs
+
+        from onnxrep.passes.base import PassResult
+
+        done = 0
+        for n in graph.nodes:
+            if n.op == "Conv" and len(n.inputs) > 2 and isinstance(n.inputs[2], gs.Constant) \
+                    and not n.inputs[2].name.endswith("_wrong"):
+                n.inputs[2] = gs.Constant(n.inputs[2].name + "_wrong", n.inputs[2].values + 1)
+                done += 1
+        return PassResult(count=done, changed=bool(done))
+
+
+def test_a_float_model_that_fails_its_proof_is_never_written_as_int8(yolo, calib_npz, tmp_path, monkeypatch):
+    """--force writes a float model that failed verification; with int8 asked for, that float model would be
+    written under the int8 name. Exit 1, one line, nothing written."""
+    real = onnxrep.passes.select
+    monkeypatch.setattr(onnxrep.passes, "select", lambda names=None: list(real(names)) + [_WrongNumbers()])
+    out = tmp_path / "q.onnx"
+    code, text = cli("optimize", yolo, "-o", out, "--precision", "int8", "--calib", calib_npz(64), "--calib-size", 8,
+                     "--force")
+    assert code == 1 and "the float model failed its own proof, nothing quantized, nothing written" in text, text
+    assert not out.exists()
