@@ -4,7 +4,6 @@ real head shapes and on random graphs against an independent oracle."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from hypothesis import given, settings, strategies as st
 from onnx import helper
 

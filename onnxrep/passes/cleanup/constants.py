@@ -19,8 +19,8 @@ making a big tensor) is not folded unless every reader takes it as a weight anyw
 A float32 Cast of a float16 table that no weight slot reads stays (to_float16 stores tables float16 holds
 exactly so: folding would double their bytes). QuantizeLinear/DequantizeLinear never fold: an int8 weight's
 DequantizeLinear is the Q/DQ model's statement of its precision (folding it would store the weight float32
-and silently de-quantize an int8 model; before this rule only a failing reference evaluation prevented it). The folded initializer takes the output tensor's name, so
-folding twice changes nothing.
+and silently de-quantize an int8 model; before this rule only a failing reference evaluation prevented it).
+The folded initializer takes the output tensor's name, so folding twice changes nothing.
 """
 
 from __future__ import annotations
