@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from onnxrep.quantize.int8 import METHODS
+
 def _split_list(value: str | None) -> tuple:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
@@ -90,9 +92,8 @@ int8_options = [
                  help="Calibration images: a folder (letterboxed as YOLO's val does) or a .npz ('images' [N,C,H,W]). "
                       "The last 24 are held out: 8 choose the method, 16 carry the proof."),
     click.option("--calib-size", type=click.IntRange(min=4), default=128, show_default=True,
-                 help="Calibration images used (besides the 16 held out)."),
-    click.option("--calib-method", type=click.Choice(["minmax", "percentile-99.9", "percentile-99.99",
-                                                      "percentile-99.999", "entropy"]), default=None,
+                 help="Calibration images used (besides the 24 held out)."),
+    click.option("--calib-method", type=click.Choice(list(METHODS)), default=None,
                  help="Range method (default: minmax, percentile-99.99 and -99.999 tried, the least output error on "
                       "the held-out images kept; entropy is slow and only when asked)."),
     click.option("--int8-exclude", default=None, metavar="NAMES", callback=_names,
