@@ -7,6 +7,7 @@ import click
 
 from onnxrep.quantize.int8 import METHODS
 
+
 def _split_list(value: str | None) -> tuple:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
