@@ -103,8 +103,8 @@ int8_options = [
                  help="When the accuracy target is missed: up to this many layers, the most sensitive first (SQNR "
                       "quantized alone), go back to float until it holds."),
     click.option("--eval", default=None, metavar="DIR|NPZ",
-                 help="Labelled images (YOLO layout images/ + labels/, or a .npz with boxes, classes, image_index): "
-                      "mAP50-95 and mAP50 of float and int8 by pycocotools."),
+                 help="Labelled images (YOLO layout images/ + labels/, a COCO instances .json, or a .npz with boxes, "
+                      "classes, image_index): mAP50-95 and mAP50 of float and int8 by pycocotools."),
     click.option("--max-map-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
                  help="With --eval: the mAP50-95 points int8 may lose."),
 ]

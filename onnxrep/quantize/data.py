@@ -12,6 +12,7 @@ the original image, turned into pixel x1y1x2y2 boxes in the letterboxed input.
 
 A .npz file: `images` (or the model input's name) [N, C, H, W], float (used as is) or uint8 (divided by
 255); with labels, `boxes` [n, 4] pixel x1y1x2y2 in the input, `classes` [n] and `image_index` [n].
+Labels may also come as a COCO instances .json (`_from_coco`: classes are its categories sorted by id).
 
 Decoding images needs Pillow (the `int8` extra); an npz needs nothing.
 """
@@ -78,10 +79,62 @@ def load_images(source, model: onnx.ModelProto, *, labels: bool = False, limit: 
     if not path.exists():
         raise OnnxrepError(f"{option} {source}: no such file or folder")
     if path.is_file():
+        if labels and path.suffix.lower() == ".json":
+            return _from_coco(path, (c, h, w), limit, option)
         if path.suffix.lower() != ".npz":
-            raise OnnxrepError(f"{option} {source}: expected a folder of images or a .npz file")
+            raise OnnxrepError(f"{option} {source}: expected a folder of images or a .npz file"
+                               + (" (or a COCO .json)" if labels else ""))
         return _from_npz(path, name, (c, h, w), labels, limit, option)
     return _from_folder(path, (c, h, w), labels, limit, option)
+
+
+def _from_coco(path: Path, chw, limit, option: str) -> Images:
+    """COCO instances json: its images found in the json's folder, an images/ folder beside it, or the folder
+    named after the json's split (instances_val2017.json -> ../val2017/); classes are the json's categories
+    sorted by id, numbered 0..n-1 (YOLO's coco80 order for COCO itself); crowd boxes are left out."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        images, annotations, categories = data["images"], data.get("annotations", []), data["categories"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OnnxrepError(f"{option} {path}: not a COCO instances json ({type(exc).__name__}: {exc})") from None
+    index = {c["id"]: k for k, c in enumerate(sorted(categories, key=lambda c: c["id"]))}
+    split = path.stem.split("_")[-1]
+    roots = [path.parent, path.parent / "images", path.parent.parent / split, path.parent.parent / "images" / split]
+    Image = _pillow()
+    c, h, w = chw
+    images = sorted(images, key=lambda im: im["file_name"])[:limit]
+    arrays, boxes, classes, where = [], [], [], []
+    by_image: dict = {}
+    for a in annotations:
+        if not a.get("iscrowd", 0):
+            by_image.setdefault(a["image_id"], []).append(a)
+    for k, im in enumerate(images):
+        f = next((r / im["file_name"] for r in roots if (r / im["file_name"]).is_file()), None)
+        if f is None:
+            raise OnnxrepError(f"{option} {path}: image {im['file_name']!r} not found in {', '.join(map(str, roots))}")
+        try:
+            with Image.open(f) as raw:
+                from PIL import ImageOps
+
+                img = ImageOps.exif_transpose(raw).convert("RGB" if c == 3 else "L").convert("RGB")
+                arr, r, px, py = letterbox(img, h, w)
+        except Exception as exc:  # noqa: BLE001 -- a damaged image: name it
+            raise OnnxrepError(f"{option} {f}: not a readable image ({type(exc).__name__}: {exc})") from None
+        arrays.append(arr[:1] if c == 1 else arr)
+        for a in by_image.get(im["id"], []):
+            x, y, bw, bh = a["bbox"]
+            if a["category_id"] not in index:
+                raise OnnxrepError(f"{option} {path}: annotation {a.get('id')} has category {a['category_id']}, "
+                                   f"not among the json's categories")
+            boxes.append([x * r + px, y * r + py, (x + bw) * r + px, (y + bh) * r + py])
+            classes.append(index[a["category_id"]])
+            where.append(k)
+    if not arrays:
+        raise OnnxrepError(f"{option} {path}: no images in the json")
+    return Images(np.stack(arrays), str(path), np.array(boxes, np.float64).reshape(-1, 4), np.array(classes, np.int64),
+                  np.array(where, np.int64), [im["file_name"] for im in images])
 
 
 def _from_npz(path: Path, name: str, chw, labels: bool, limit, option: str) -> Images:

@@ -195,3 +195,32 @@ def test_ultralytics_layout_polygons_and_exif(tmp_path):
     # displayed as 32 wide x 64 high: fits 64 high, padded 16 left and right; box the middle half of it
     assert np.allclose(got.boxes[0], [16 + 8, 16, 16 + 24, 48])
     assert np.allclose(got.arrays[0][:, :, :16], 114 / 255) and got.arrays[0][0, 32, 32] > 0.9
+
+
+def test_coco_json_labels(tmp_path):
+    """--eval instances_val.json: images beside it or in ../val/; categories sorted by id become 0..n-1;
+    crowd boxes left out; a category the json does not declare is an error."""
+    import json
+
+    from PIL import Image
+
+    (tmp_path / "val").mkdir()
+    (tmp_path / "annotations").mkdir()
+    Image.new("RGB", (100, 50)).save(tmp_path / "val" / "a.jpg")
+    data = {"images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 50}],
+            "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 90, "bbox": [0, 0, 50, 50], "iscrowd": 0},
+                            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [10, 10, 5, 5], "iscrowd": 1}]}
+    path = tmp_path / "annotations" / "instances_val.json"
+    path.write_text(json.dumps(data))
+    got = load_images(path, _model(64, 64), labels=True, option="--eval")
+    assert got.classes.tolist() == [1] and got.image_index.tolist() == [0]
+    assert np.allclose(got.boxes[0], [0, 16, 32, 48])   # scale 0.64, padded 16 rows
+    data["annotations"][0]["category_id"] = 5
+    path.write_text(json.dumps(data))
+    with pytest.raises(OnnxrepError, match="category 5, not among"):
+        load_images(path, _model(64, 64), labels=True, option="--eval")
+    data["images"][0]["file_name"] = "missing.jpg"
+    path.write_text(json.dumps(data))
+    with pytest.raises(OnnxrepError, match="'missing.jpg' not found"):
+        load_images(path, _model(64, 64), labels=True, option="--eval")
