@@ -150,7 +150,8 @@ def _int8_lines(q: dict, verbose: bool) -> list[str]:
         shown = nodes if verbose else nodes[:3]
         lines.append(f"int8 float: {len(nodes)}x {reason}: {', '.join(shown)}{', ...' if len(shown) < len(nodes) else ''}")
     for f in q.get("fallback", []):
-        lines.append(f"int8 back to float: {f['node']} (SQNR {f['sqnr_db']:.1f} dB quantized alone); after: {f['after']}")
+        lines.append(f"int8 back to float: {f['node']} (SQNR {f['sqnr_db']:.1f} dB quantized alone); after it, on the "
+                     f"selection images: {f['after']}")
     return lines
 
 

@@ -213,6 +213,10 @@ def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_ste
         return proof.compare(proof_ref, proof.run_images(candidate, data.proof.arrays, data.input_name), kinds,
                              options.min_agreement)
 
+    def selected(candidate):   # the fallback decides on the selection images: the proof's stay unseen
+        return proof.compare(ref, proof.run_images(candidate, data.select.arrays, data.input_name), kinds,
+                             options.min_agreement)
+
     facts = prove(q)
     fallback = []
     ranges = hist.ranges(method)
@@ -225,11 +229,12 @@ def to_int8(model: onnx.ModelProto, options: Int8Options, data: Int8Data, on_ste
             exclude[node] = f"sensitive: SQNR {db:.1f} dB quantized alone"
             on_step(f"int8: {node} back to float")
             q = int8.quantize(model, ranges, options.target, exclude)
-            facts = prove(q)
+            chosen = selected(q)
             fallback.append({"node": node, "sqnr_db": round(db, 2),
-                             "after": {k: f.get("agreement", f["sqnr_db"]) for k, f in facts.items()}})
-            if all(f["ok"] for f in facts.values()):
+                             "after": {k: f.get("agreement", f["sqnr_db"]) for k, f in chosen.items()}})
+            if all(f["ok"] for f in chosen.values()):
                 break
+        facts = prove(q)
     ok = all(f["ok"] for f in facts.values())
     info = {"target": options.target, "why": int8.TARGETS[options.target].why, "method": method,
             "methods_tried": tried, "calibration_images": len(feeds), "held_out": len(data.select) + len(data.proof),
