@@ -186,11 +186,7 @@ def to_float16(r: Run) -> None:
 
     p = r.options.precision
     r.step("pass to_float16")
-    known = {n.name for n in r.model.graph.node}
-    unknown = [n for n in p.fp32_nodes if n not in known]
-    if unknown:
-        raise OnnxrepError(f"--fp32-nodes: no node named {', '.join(map(repr, unknown))} in the optimized graph "
-                           f"(`onnxrep inspect` lists them after optimizing; names are the optimized model's)")
+    _check_node_names(r.model, p.fp32_nodes, "--fp32-nodes")
     # the first sample's ranges: the float16 result is verified on every sample, so an overflow that only
     # another sample reaches fails the proof instead of passing unseen (one model run fewer)
     ranges, why = measure_ranges(r.model, r.verification_feeds()[:1])
@@ -205,14 +201,23 @@ def to_float16(r: Run) -> None:
     r.results["to_float16"] = result
 
 
+def _check_node_names(model: onnx.ModelProto, names, option: str) -> None:
+    """A node named by an option (--fp32-nodes, --int8-exclude) must exist in the optimized graph."""
+    known = {n.name for n in model.graph.node}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise OnnxrepError(f"{option}: no node named {', '.join(map(repr, unknown))} in the optimized graph "
+                           f"(`onnxrep inspect` lists them after optimizing; names are the optimized model's)")
+
+
 @_timed("int8")
 def int8_images(r: Run) -> None:
     """--precision int8: --int8-exclude names and the calibration/evaluation images read now, before any model
     runs (a bad folder or a missing label is a usage error that costs no run)."""
-    from onnxrep.quantize import check_excluded, load_data
+    from onnxrep.quantize import load_data
 
     r.step("reading the calibration images")
-    check_excluded(r.model, r.options.int8.exclude)
+    _check_node_names(r.model, r.options.int8.exclude, "--int8-exclude")
     r.int8_data = load_data(r.model, r.options.int8)
 
 

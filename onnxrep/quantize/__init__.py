@@ -137,14 +137,6 @@ def named(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def check_excluded(model: onnx.ModelProto, names) -> None:
-    known = {n.name for n in model.graph.node}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise OnnxrepError(f"--int8-exclude: no node named {', '.join(map(repr, unknown))} in the optimized graph "
-                           f"(`onnxrep inspect` lists them after optimizing)")
-
-
 @dataclass
 class Int8Result:
     model: onnx.ModelProto

@@ -102,8 +102,7 @@ def _from_coco(path: Path, chw, limit, option: str) -> Images:
     index = {c["id"]: k for k, c in enumerate(sorted(categories, key=lambda c: c["id"]))}
     split = path.stem.split("_")[-1]
     roots = [path.parent, path.parent / "images", path.parent.parent / split, path.parent.parent / "images" / split]
-    Image = _pillow()
-    c, h, w = chw
+    _pillow()   # fail before reading anything when Pillow is missing
     images = sorted(images, key=lambda im: im["file_name"])[:limit]
     arrays, boxes, classes, where = [], [], [], []
     by_image: dict = {}
@@ -114,15 +113,8 @@ def _from_coco(path: Path, chw, limit, option: str) -> Images:
         f = next((r / im["file_name"] for r in roots if (r / im["file_name"]).is_file()), None)
         if f is None:
             raise OnnxrepError(f"{option} {path}: image {im['file_name']!r} not found in {', '.join(map(str, roots))}")
-        try:
-            with Image.open(f) as raw:
-                from PIL import ImageOps
-
-                img = ImageOps.exif_transpose(raw).convert("RGB" if c == 3 else "L").convert("RGB")
-                arr, r, px, py = letterbox(img, h, w)
-        except Exception as exc:  # noqa: BLE001 -- a damaged image: name it
-            raise OnnxrepError(f"{option} {f}: not a readable image ({type(exc).__name__}: {exc})") from None
-        arrays.append(arr[:1] if c == 1 else arr)
+        arr, _, r, px, py = _read(f, chw, option)
+        arrays.append(arr)
         for a in by_image.get(im["id"], []):
             x, y, bw, bh = a["bbox"]
             if a["category_id"] not in index:
@@ -193,28 +185,35 @@ def letterbox(img, h: int, w: int) -> tuple[np.ndarray, float, float, float]:
     return canvas.transpose(2, 0, 1).astype(np.float32) / 255.0, r, px, py
 
 
-def _from_folder(path: Path, chw, labels: bool, limit, option: str) -> Images:
+def _read(f: Path, chw, option: str):
+    """One image file -> ([C, H, W] letterboxed, its (width, height) after the EXIF rotation, scale, pad x,
+    pad y); a damaged file is one error line naming it."""
     Image = _pillow()
+    from PIL import ImageOps
+
+    c, h, w = chw
+    try:
+        with Image.open(f) as im:
+            im = ImageOps.exif_transpose(im)   # a phone photo's rotation, as the labels (and cv2) see it
+            img = im.convert("RGB" if c == 3 else "L").convert("RGB")
+            arr, r, px, py = letterbox(img, h, w)
+    except Exception as exc:  # noqa: BLE001 -- a damaged image: name it
+        raise OnnxrepError(f"{option} {f}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return (arr[:1] if c == 1 else arr), img.size, r, px, py
+
+
+def _from_folder(path: Path, chw, labels: bool, limit, option: str) -> Images:
+    _pillow()   # fail before reading anything when Pillow is missing
     folder = path / "images" if (path / "images").is_dir() else path
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if limit is not None:
         files = files[:limit]
     if not files:
         raise OnnxrepError(f"{option} {path}: no images ({', '.join(sorted(IMAGE_EXTS))})")
-    c, h, w = chw
     arrays, boxes, classes, index = [], [], [], []
     for k, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                from PIL import ImageOps
-
-                im = ImageOps.exif_transpose(im)   # a phone photo's rotation, as the labels (and cv2) see it
-                img = im.convert("RGB" if c == 3 else "L").convert("RGB")
-                w0, h0 = img.size
-                arr, r, px, py = letterbox(img, h, w)
-        except Exception as exc:  # noqa: BLE001 -- a damaged image: name it
-            raise OnnxrepError(f"{option} {f}: not a readable image ({type(exc).__name__}: {exc})") from None
-        arrays.append(arr[:1] if c == 1 else arr)
+        arr, (w0, h0), r, px, py = _read(f, chw, option)
+        arrays.append(arr)
         if labels:
             for cls, box in _yolo_labels(path, folder, f, option):
                 cx, cy, bw, bh = box * np.array([w0, h0, w0, h0])

@@ -33,21 +33,14 @@ TIE = 0.1   # a detection only one model finds is a tie when the other scored it
             # fell between two nearly equal scores); a fixed share, not one measured on the int8 model itself
 
 
-def session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def run_images(model: onnx.ModelProto, arrays: np.ndarray, input_name: str) -> dict[str, np.ndarray]:
-    """Every output, the images run one at a time and stacked: output -> [N, ...]."""
-    sess = session(model)
-    names = [o.name for o in sess.get_outputs()]
-    per = [sess.run(None, {input_name: x[None]}) for x in arrays]
-    return {n: np.concatenate([p[k] for p in per]) for k, n in enumerate(names)}
+    """Every output, the images run one at a time (verify.run_outputs: optimizations off) and stacked:
+    output -> [N, ...]."""
+    from onnxrep.verify import run_outputs
+
+    names = [o.name for o in model.graph.output]
+    per = run_outputs(model, [{input_name: x[None]} for x in arrays], names)
+    return {n: np.concatenate([p[n] for p in per]) for n in names}
 
 
 def layouts(model: onnx.ModelProto, outputs: dict[str, np.ndarray]) -> dict[str, str]:

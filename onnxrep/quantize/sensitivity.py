@@ -17,7 +17,7 @@ from onnx import helper, numpy_helper
 
 from onnxrep.quantize.lint import _consts
 from onnxrep.quantize.placement import MATRIX, producers
-from onnxrep.quantize.proof import session
+from onnxrep.verify.runtime import session
 
 
 def _quantized_layers(q: onnx.ModelProto):
