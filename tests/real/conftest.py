@@ -21,13 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.real import families
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 QUICK = ["yolov9-t", "gelan-t", "repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050", "v7mini-idetect",
          "v7mini-iaux"]
 V7_FULL = ["yolov7-tiny", "yolov7", "yolov7-w6"]     # the official training configurations, full size
 TRAINED = ["gelan-t-synth", "yolov9-t-synth"]   # trained on synthetic shapes (train_synthetic.py)
-ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"] + V7_FULL + TRAINED
+FAMILIES = families.registry()   # other libraries' detectors: tests/real/families (issue 27)
+QUICK = QUICK + families.quick()
+ALL = QUICK + ["yolov9-s", "yolov9-m", "yolov9-c", "yolov9-e"] + V7_FULL + TRAINED + [m for m in FAMILIES if m not in QUICK]
 TIMM = {"repvgg_a0", "mobileone_s0", "repvit_m0_9", "repghostnet_050"}
 NO_OFFICIAL = TIMM | {"v7mini-idetect", "v7mini-iaux"} | set(V7_FULL)   # the official fuse()+TorchScript path is YOLOv9's
 
@@ -56,11 +60,15 @@ V7 = {"v7mini-idetect", "v7mini-iaux"} | set(V7_FULL)
 
 def forms_of(model: str) -> list[str]:
     """Exporter forms; YOLOv7 also in eval mode with the grid decode ("-grid": in-place writes, ScatterND)."""
+    if model in FAMILIES:
+        return FAMILIES[model][1]
     return (["torchscript", "dynamo", "dynamo-raw"] + ([] if model in NO_OFFICIAL else ["official"])
             + (["torchscript-grid", "dynamo-grid"] if model in V7 else []))
 
 
-def _missing() -> str | None:
+def _missing(model: str | None = None) -> str | None:
+    if model in FAMILIES:
+        return families.missing(model)
     for module, what in (("torch", "torch"), ("yolov9", "yolov9pip"), ("timm", "timm"), ("yolov7_package", "yolov7-package")):
         if importlib.util.find_spec(module) is None:
             return f"{what} is not installed (pip install -e '.[real]')"
@@ -116,6 +124,9 @@ def real_export():
     done: dict[str, Export] = {}
 
     def get(model: str) -> Export:
+        reason = _missing(model)
+        if reason:
+            pytest.skip(reason)
         if model not in done:
             wanted = forms_of(model) + ["deploy"] + (["deploy-grid"] if model in V7 else [])
             if not all((root / f"{model}.{f}.onnx").exists() for f in wanted) or not (root / f"{model}.json").exists():

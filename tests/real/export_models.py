@@ -444,6 +444,9 @@ def export_v7(name: str, forms, out: Path, imgsz: int, seed: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(HERE))
+    import families
+
     out = Path(argv[0])
     imgsz = int(os.environ.get("ONNXREP_REAL_IMGSZ", 160))   # YOLO models; 640 for peer_benchmarks/tool_time.py
     for spec in argv[1:]:
@@ -456,6 +459,8 @@ def main(argv: list[str]) -> int:
                       seed=0)
         elif name in TIMM:
             export_timm(name, [f for f in forms if f != "official"], out, 64 if name != "repvit_m0_9" else 64, seed=0)
+        elif name in families.registry():   # tests/real/families: other libraries' detectors (issue 27)
+            families.export(name, forms, out, seed=0)
         else:
             raise SystemExit(f"unknown model {name!r}")
         print(f"exported {name}: {', '.join(forms)}", flush=True)
