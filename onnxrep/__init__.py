@@ -68,7 +68,7 @@ def optimize(model_or_path, *, passes=None, on_step=None, **options) -> Result:
     int8_budget (layers that may go back to float), eval (labelled images: mAP by pycocotools) with
     max_map_drop; the result's report.int8 holds the proof, and result.ok is False when it missed its target.
     Deployment adapters (onnxrep/deploy), applied to the float model and each proven in turn:
-    nms "ort" | "trt" with conf, iou, max_det, class_agnostic (outputs num_dets, det_boxes, det_scores,
+    nms "ort" | "trt" with conf, iou, max_det, class_agnostic, multi_label (outputs num_dets, det_boxes, det_scores,
     det_classes); output_layout "anchors-last" | "anchors-first" | "split"; input_format "float" |
     "uint8-nchw" | "uint8-nhwc" and bgr (preprocessing folded into the first Conv); names (class names)
     and metadata (write the metadata_props even without another adapter).

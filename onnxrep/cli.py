@@ -233,7 +233,7 @@ def _deploy_options(options: dict) -> None:
     ignore; shapes parsed; --names read here (one line on a bad file, not a traceback from option parsing)."""
     ctx = click.get_current_context()
     if not options.get("nms"):
-        given = [f"--{k.replace('_', '-')}" for k in ("conf", "iou", "max_det", "class_agnostic")
+        given = [f"--{k.replace('_', '-')}" for k in ("conf", "iou", "max_det", "class_agnostic", "multi_label")
                  if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise OnnxrepError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} with --nms ort|trt")

@@ -121,6 +121,9 @@ deploy_options = [
     click.option("--max-det", type=click.IntRange(min=1), default=100, show_default=True,
                  help="With --nms: detections per image (the outputs are padded to it)."),
     click.option("--class-agnostic", is_flag=True, help="With --nms: suppress across classes (default: per class)."),
+    click.option("--multi-label", is_flag=True,
+                 help="With --nms: keep a box once per class scoring above --conf (YOLO val.py's mAP semantics, "
+                      "EfficientNMS's own); default: each box's best class only."),
     click.option("--output-layout", type=click.Choice(["anchors-last", "anchors-first", "split"]), default="anchors-last",
                  show_default=True, help="The detection output as [B, 4+nc, A], [B, A, 4+nc], or boxes [B, A, 4] and "
                                          "scores [B, A, nc]."),

@@ -175,7 +175,8 @@ def _deploy_lines(d: dict) -> list[str]:
     if d.get("nms"):
         n = d["nms"]
         lines.append(f"deploy NMS {n['nms']}: conf {n['conf']:g}, iou {n['iou']:g}, max_det {n['max_det']}, "
-                     f"{'class-agnostic' if n['class_agnostic'] else 'per class'} -> num_dets, det_boxes, "
+                     f"{'class-agnostic' if n['class_agnostic'] else 'per class'}"
+                     f"{', multi-label' if n.get('multi_label') else ''} -> num_dets, det_boxes, "
                      f"det_scores, det_classes")
     if d.get("output_layout") and d["output_layout"]["layout"] != "anchors-last":
         o = d["output_layout"]

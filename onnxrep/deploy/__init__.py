@@ -40,6 +40,7 @@ class DeployOptions:
     iou: float = 0.45
     max_det: int = 100
     class_agnostic: bool = False
+    multi_label: bool = False
     output_layout: str = "anchors-last"
     input_format: str = "float"
     bgr: bool = False
@@ -61,11 +62,12 @@ class DeployOptions:
         if self.nms and self.output_layout != "anchors-last":
             raise OnnxrepError("--nms replaces the head's output with detections: --output-layout does not apply")
         if self.nms:
-            NmsSettings(self.nms, self.conf, self.iou, self.max_det, self.class_agnostic).check()
+            self.nms_settings.check()
 
     @property
     def nms_settings(self) -> NmsSettings | None:
-        return NmsSettings(self.nms, self.conf, self.iou, self.max_det, self.class_agnostic) if self.nms else None
+        return (NmsSettings(self.nms, self.conf, self.iou, self.max_det, self.class_agnostic, self.multi_label)
+                if self.nms else None)
 
 
 @dataclass

@@ -118,13 +118,14 @@ def _differing(final: onnx.ModelProto, deployed, settings, got: list[dict]) -> l
         y = np.asarray(g[head.output])
         if opts.nms == "ort":
             want = reference_nms(y.astype(np.float32), head.box_coding, settings.conf, settings.iou, settings.max_det,
-                                 settings.class_agnostic, head.layout)
+                                 settings.class_agnostic, head.layout, settings.multi_label)
         elif opts.nms == "trt":
             node = _trt_node(final)
             parts = [candidates(im, head.box_coding, head.layout) for im in y.astype(np.float32)]
             scores = np.stack([p[1] for p in parts])
             best = scores.argmax(1)[:, None]
-            masked = np.where(np.arange(head.nc)[None, :, None] == best, scores, np.float32(MASKED)).astype(np.float32)
+            masked = scores if settings.multi_label else \
+                np.where(np.arange(head.nc)[None, :, None] == best, scores, np.float32(MASKED)).astype(np.float32)
             want = {node.input[0]: np.stack([p[0] for p in parts]), node.input[1]: masked.transpose(0, 2, 1)}
         else:
             want = {deployed.outputs[role]: v for role, v in layout_expected(y, opts.output_layout).items()
@@ -187,7 +188,7 @@ def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None) -
                       f"detections: too few scores reach {opts.conf:g} on these inputs)")
     ok = exact_head and not wrong and not bad
     what = (f"NMS {opts.nms} (conf {opts.conf:g}, iou {opts.iou:g}, max_det {opts.max_det}"
-            f"{', class-agnostic' if opts.class_agnostic else ''})" if opts.nms
+            f"{', class-agnostic' if opts.class_agnostic else ''}{', multi-label' if opts.multi_label else ''})" if opts.nms
             else f"output layout {opts.output_layout}")
     against = ("the reference NMS's inputs (the plugin itself runs only in TensorRT)" if opts.nms == "trt"
                else "numpy's reference NMS" if opts.nms else "numpy's transpose/split")

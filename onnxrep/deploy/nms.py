@@ -11,6 +11,11 @@ kept, best first. The best-class rule is built by masking: every other class's s
 per-class NMS (both runtimes') selects exactly the single-label result without offsetting boxes by class
 (the trick that moves coordinates by up to nc x 4096 px and re-rounds their IoU).
 
+multi_label (YOLOv9 val.py's mAP semantics, multi_label=True, and EfficientNMS's own): every (anchor, class)
+pair scoring above conf is a candidate, so one box may be kept once per class; per-class NMS on the raw
+scores, the K best of the image kept. Suppression across classes would keep one label per box again, so
+multi_label with class_agnostic is refused.
+
 kind "ort": standard ops only (NonMaxSuppression, TopK, GatherElements...), for onnxruntime and OpenVINO.
 The K best of an image come from TopK over all selected detections with other images' masked to -inf
 (TopK keeps the lower index first on equal values: the spec fixes that order, and nms_reference.py
@@ -42,6 +47,7 @@ class NmsSettings:
     iou: float = 0.45
     max_det: int = 100
     class_agnostic: bool = False
+    multi_label: bool = False
 
     def check(self) -> None:
         from onnxrep.io import OnnxrepError
@@ -54,14 +60,18 @@ class NmsSettings:
             raise OnnxrepError(f"--iou {self.iou}: must be in [0, 1]")
         if not 1 <= self.max_det <= MAX_DET:
             raise OnnxrepError(f"--max-det {self.max_det}: must be between 1 and {MAX_DET:,}")
+        if self.multi_label and self.class_agnostic:
+            raise OnnxrepError("--multi-label keeps a box once per class; --class-agnostic suppresses across classes "
+                               "(one label per box): choose one")
 
     def to_dict(self) -> dict:
         return {"nms": self.kind, "conf": self.conf, "iou": self.iou, "max_det": self.max_det,
-                "class_agnostic": self.class_agnostic}
+                "class_agnostic": self.class_agnostic, "multi_label": self.multi_label}
 
 
-def _candidates(b: Builder, head: DetectionHead, agnostic: bool) -> tuple[str, str, str, str]:
-    """(boxes xyxy [B, A, 4], NMS scores [B, nc or 1, A], best class [B, 1, A] int64, scores [B, nc, A])."""
+def _candidates(b: Builder, head: DetectionHead, agnostic: bool, multi_label: bool = False) -> tuple[str, str, str, str]:
+    """(boxes xyxy [B, A, 4], NMS scores [B, nc or 1, A], best class [B, 1, A] int64 (None for multi_label),
+    scores [B, nc, A])."""
     y = head.output
     if head.elem_type != TensorProto.FLOAT:
         y = b.op("Cast", [y], to=TensorProto.FLOAT)
@@ -76,6 +86,8 @@ def _candidates(b: Builder, head: DetectionHead, agnostic: bool) -> tuple[str, s
         xy, wh = b.split(boxes, [2, 2], axis=2)
         half = b.op("Mul", [wh, b.const(np.float32(0.5), base="half")])
         boxes = b.op("Concat", [b.op("Sub", [xy, half]), b.op("Add", [xy, half])], axis=2, base="boxes_xyxy")
+    if multi_label:   # every class of every anchor is a candidate: the raw scores
+        return boxes, scores, None, scores
     best = b.op("ArgMax", [scores], axis=1, keepdims=1, base="best_class")
     if agnostic:
         nms_scores = b.op("GatherElements", [scores, best], axis=1, base="best_score")
@@ -90,7 +102,7 @@ def _candidates(b: Builder, head: DetectionHead, agnostic: bool) -> tuple[str, s
 def add_ort(model: onnx.ModelProto, head: DetectionHead, s: NmsSettings) -> None:
     b = Builder(model, "onnxrep_nms", "--nms ort")
     check_free(model, list(OUTPUTS), "--nms")
-    boxes, nms_scores, best, _ = _candidates(b, head, s.class_agnostic)
+    boxes, nms_scores, best, _ = _candidates(b, head, s.class_agnostic, s.multi_label)
     sel = b.op("NonMaxSuppression", [boxes, nms_scores, b.const([s.max_det], np.int64, "max_per_class"),
                                      b.const([s.iou], np.float32, "iou"), b.const([s.conf], np.float32, "conf")],
                center_point_box=0)                                         # [N, 3]: image, class, anchor
@@ -135,8 +147,8 @@ def add_trt(model: onnx.ModelProto, head: DetectionHead, s: NmsSettings) -> None
     b = Builder(model, "onnxrep_nms", "--nms trt")
     check_free(model, list(OUTPUTS), "--nms")
     # the best-class mask in both modes: with class_agnostic=1 the plugin then suppresses across classes and
-    # still reports each anchor's best class
-    boxes, nms_scores, _, _ = _candidates(b, head, False)
+    # still reports each anchor's best class; multi_label: the raw scores (the plugin's own semantics)
+    boxes, nms_scores, _, _ = _candidates(b, head, False, s.multi_label)
     scores = b.op("Transpose", [nms_scores], perm=[0, 2, 1], base="scores_anchors_first")   # [B, A, nc]
     b.op("EfficientNMS_TRT", [boxes, scores], outputs=4, domain=TRT_DOMAIN, base="EfficientNMS_TRT",
          out_names=list(OUTPUTS), background_class=-1, box_coding=0, iou_threshold=float(s.iou),

@@ -1,6 +1,7 @@
 """A plain numpy NMS with the embedded NMS's semantics (deploy/nms.py): what its outputs must equal.
 
-Greedy and per image: each anchor's best class (the first on equal scores), candidates with score > conf,
+Greedy and per image: each anchor's best class (the first on equal scores; multi_label: every class of every
+anchor), candidates with score > conf,
 per-class NMS in descending score order (the lower anchor first on equal scores) suppressing IoU > iou, at
 most max_det kept per class, then the max_det best of the image (the earlier in class order first on equal
 scores, as TopK does). Everything in float32, with the IoU computed as onnxruntime's NonMaxSuppression
@@ -65,13 +66,16 @@ def greedy(boxes: np.ndarray, scores: np.ndarray, conf: float, iou: float, limit
 
 
 def image_detections(y: np.ndarray, coding: str, conf: float, iou: float, max_det: int, agnostic: bool,
-                     layout: str = "anchors-last") -> list[tuple[float, int, int]]:
+                     layout: str = "anchors-last", multi_label: bool = False) -> list[tuple[float, int, int]]:
     """(score, class, anchor) of one image's head output, in output order."""
     boxes, scores = candidates(y, coding, layout)
     best = np.argmax(scores, axis=0)
     top = scores[best, np.arange(scores.shape[1])]
     selected = []
-    if agnostic:
+    if multi_label:
+        for c in range(scores.shape[0]):
+            selected += [(float(scores[c, a]), c, a) for a in greedy(boxes, scores[c], conf, iou, max_det)]
+    elif agnostic:
         selected = [(float(top[a]), int(best[a]), a) for a in greedy(boxes, top, conf, iou, max_det)]
     else:
         for c in range(scores.shape[0]):
@@ -82,13 +86,13 @@ def image_detections(y: np.ndarray, coding: str, conf: float, iou: float, max_de
 
 
 def reference_nms(y: np.ndarray, coding: str, conf: float, iou: float, max_det: int,
-                  agnostic: bool = False, layout: str = "anchors-last") -> dict[str, np.ndarray]:
+                  agnostic: bool = False, layout: str = "anchors-last", multi_label: bool = False) -> dict[str, np.ndarray]:
     """The four EfficientNMS-style outputs for y [B, 4+nc, A] (or [B, A, 5+nc], see candidates)."""
     batch = y.shape[0]
     out = {"num_dets": np.zeros((batch, 1), np.int32), "det_boxes": np.zeros((batch, max_det, 4), F32),
            "det_scores": np.zeros((batch, max_det), F32), "det_classes": np.zeros((batch, max_det), np.int32)}
     for i in range(batch):
-        dets = image_detections(y[i], coding, conf, iou, max_det, agnostic, layout)
+        dets = image_detections(y[i], coding, conf, iou, max_det, agnostic, layout, multi_label)
         boxes, _ = candidates(y[i], coding, layout)
         out["num_dets"][i, 0] = len(dets)
         for k, (score, cls, anchor) in enumerate(dets):

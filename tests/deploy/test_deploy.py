@@ -54,12 +54,13 @@ def _head_model(nc: int, anchors, opset: int = 17, batch="B", layout="anchors-la
 _SESSIONS: dict = {}
 
 
-def _nms_session(nc, coding, agnostic, opset=17, conf=0.25, iou=0.45, max_det=7, layout="anchors-last"):
-    key = (nc, coding, agnostic, opset, conf, iou, max_det, layout)
+def _nms_session(nc, coding, agnostic, opset=17, conf=0.25, iou=0.45, max_det=7, layout="anchors-last",
+                 multi_label=False):
+    key = (nc, coding, agnostic, opset, conf, iou, max_det, layout, multi_label)
     if key not in _SESSIONS:
         m = _head_model(nc, "A", opset, layout=layout)
         add_nms(m, DetectionHead("out", 0, nc, coding, "B", "A", [], TensorProto.FLOAT, layout),
-                NmsSettings("ort", conf, iou, max_det, agnostic))
+                NmsSettings("ort", conf, iou, max_det, agnostic, multi_label))
         onnx.checker.check_model(m, full_check=True)
         _SESSIONS[key] = _session(m)
     return _SESSIONS[key]
@@ -118,6 +119,26 @@ def test_reference_single_label_per_anchor_and_class_aware_suppression():
     _assert_same(_run_nms(y, agnostic=True, max_det=5), agnostic)
 
 
+def test_reference_multi_label_keeps_a_box_once_per_class_above_conf():
+    # anchor 0 scores 0.9 and 0.6: multi-label keeps it twice (0.6 > conf), and anchor 1's class 1 (0.8)
+    # overlaps anchor 0's class-1 entry exactly: per class, 0.8 suppresses 0.6; class 0's 0.1 is no candidate
+    y = _y([(5, 5, 4, 4), (5, 5, 4, 4)], [[0.9, 0.6], [0.1, 0.8]])
+    out = reference_nms(y, "xywh", 0.25, 0.45, 5, multi_label=True)
+    assert out["num_dets"][0, 0] == 2
+    assert out["det_classes"][0, :2].tolist() == [0, 1] and out["det_scores"][0, :2].tolist() == [np.float32(0.9), np.float32(0.8)]
+    y2 = _y([(5, 5, 4, 4), (50, 5, 4, 4)], [[0.9, 0.6], [0.1, 0.8]])   # apart: anchor 0's class 1 stays too
+    out2 = reference_nms(y2, "xywh", 0.25, 0.45, 5, multi_label=True)
+    assert out2["num_dets"][0, 0] == 3 and sorted(out2["det_classes"][0, :3].tolist()) == [0, 1, 1]
+    assert reference_nms(y2, "xywh", 0.25, 0.45, 5)["num_dets"][0, 0] == 2   # best class only: one each
+    _assert_same(_run_nms(y, max_det=5, multi_label=True), out)
+    _assert_same(_run_nms(y2, max_det=5, multi_label=True), out2)
+
+
+def test_multi_label_with_class_agnostic_is_refused():
+    with pytest.raises(OnnxrepError, match="--multi-label"):
+        DeployOptions(nms="ort", multi_label=True, class_agnostic=True)
+
+
 def test_equal_scores_keep_the_lower_anchor_and_max_det_cuts_in_order():
     # five separate boxes, all 0.5: max_det 3 keeps anchors 0, 1, 2 (TopK: lower index first)
     y = _y([(10 * k, 0, 2, 2) for k in range(5)], [[0.5]] * 5)
@@ -159,10 +180,11 @@ def _heads(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(y=_heads(), coding=st.sampled_from(["xywh", "xyxy"]), agnostic=st.booleans(),
+@given(y=_heads(), coding=st.sampled_from(["xywh", "xyxy"]), mode=st.sampled_from(["best", "agnostic", "multi"]),
        opset=st.sampled_from([12, 13, 17, 18]), iou=st.sampled_from([0.0, 0.45, 0.5, 1.0]),
        conf=st.sampled_from([0.0, 0.25, 0.5]), max_det=st.sampled_from([1, 3, 50]), v7=st.booleans())
-def test_ort_nms_equals_the_reference(y, coding, agnostic, opset, iou, conf, max_det, v7):
+def test_ort_nms_equals_the_reference(y, coding, mode, opset, iou, conf, max_det, v7):
+    agnostic, multi = mode == "agnostic", mode == "multi"
     if coding == "xyxy":
         y = y.copy()
         y[:, 2:4] += y[:, 0:2]
@@ -170,8 +192,9 @@ def test_ort_nms_equals_the_reference(y, coding, agnostic, opset, iou, conf, max
     if v7:   # YOLOv7's [B, A, 5+nc]: one more channel (objectness, from the same score levels), anchors first
         layout = V7
         y = np.concatenate([y[:, :4], y[:, 4:5], y[:, 4:]], axis=1).transpose(0, 2, 1).copy()
-    got = _run_nms(y, coding, agnostic, layout=layout, opset=opset, conf=conf, iou=iou, max_det=max_det)
-    _assert_same(got, reference_nms(y, coding, conf, iou, max_det, agnostic, layout))
+    got = _run_nms(y, coding, agnostic, layout=layout, opset=opset, conf=conf, iou=iou, max_det=max_det,
+                   multi_label=multi)
+    _assert_same(got, reference_nms(y, coding, conf, iou, max_det, agnostic, layout, multi))
 
 
 def test_yolov7_scores_are_objectness_times_class():
@@ -250,9 +273,10 @@ def _feeds(model, samples=1):
     return make_inputs(model, samples, 0)
 
 
-@pytest.mark.parametrize("kind,agnostic", [("ort", False), ("ort", True), ("trt", False), ("trt", True)])
-def test_nms_on_yolov9_passes_its_check(tiny, kind, agnostic):
-    d = apply(tiny, DeployOptions(nms=kind, class_agnostic=agnostic, max_det=30))
+@pytest.mark.parametrize("kind,agnostic,multi", [("ort", False, False), ("ort", True, False), ("trt", False, False),
+                                                 ("trt", True, False), ("ort", False, True), ("trt", False, True)])
+def test_nms_on_yolov9_passes_its_check(tiny, kind, agnostic, multi):
+    d = apply(tiny, DeployOptions(nms=kind, class_agnostic=agnostic, multi_label=multi, max_det=30))
     onnx.checker.check_model(d.model)
     assert [o.name for o in d.model.graph.output] == ["num_dets", "det_boxes", "det_scores", "det_classes"]
     [c] = check(d, _feeds(tiny))
@@ -290,6 +314,21 @@ def test_the_nms_check_catches_a_wrong_graph(tiny, mutation):
         _mutate_const(m, "half", 0.4)
     [c] = check(d, _feeds(tiny))
     assert not c["ok"], (mutation, c["line"])
+
+
+@pytest.mark.parametrize("kind", ["ort", "trt"])
+def test_the_nms_check_tells_multi_label_from_best_class(tiny, kind):
+    """A best-class graph checked as multi-label, and the other way round, must fail: the check reads the
+    semantics from the options, not from the graph it checks."""
+    import dataclasses
+
+    for multi in (False, True):
+        d = apply(tiny, DeployOptions(nms=kind, conf=0.004, max_det=30, multi_label=multi))
+        [c] = check(d, _feeds(tiny))
+        assert c["ok"], c["line"]
+        d.options = dataclasses.replace(d.options, multi_label=not multi)
+        [c] = check(d, _feeds(tiny))
+        assert not c["ok"], (kind, multi, c["line"])
 
 
 def test_the_nms_check_probes_a_lower_conf_when_nothing_is_found(tiny):
@@ -487,6 +526,8 @@ def test_cli_nms_with_a_positional_output_and_json(tiny_file, tmp_path):
     (["--conf", "0.3"], "--conf only applies with --nms"),
     (["--nms", "ort", "--output-layout", "split"], "--output-layout does not apply"),
     (["--nms", "ort", "--conf", "1.5"], "--conf 1.5: must be in [0, 1)"),
+    (["--multi-label"], "--multi-label only applies with --nms"),
+    (["--nms", "trt", "--multi-label", "--class-agnostic"], "--multi-label keeps a box once per class"),
     (["--names", "/nonexistent/names.txt"], "--names /nonexistent/names.txt: cannot read"),
 ])
 def test_cli_deploy_mistakes_are_one_line_and_write_nothing(tiny_file, tmp_path, args, message):
