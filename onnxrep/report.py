@@ -172,6 +172,10 @@ def _deploy_lines(d: dict) -> list[str]:
         how = f"folded into {', '.join(i['folded'])}" if i["folded"] else "spelled out"
         lines.append(f"deploy input {i['input']}: {i['format']}{', BGR' if i['bgr'] else ', RGB'}; preprocessing {how}"
                      + (f" ({'; '.join(i['explicit'])}: spelled out there)" if i["folded"] and i["explicit"] else ""))
+    if d.get("split"):
+        sp = d["split"]
+        lines.append(f"deploy head: {sp['boxes']} and {sp['scores']} (a split head) joined into one [B, 4+nc, A] "
+                     f"tensor {sp['joined']} (Transpose, Concat) before the adapters")
     if d.get("nms"):
         n = d["nms"]
         lines.append(f"deploy NMS {n['nms']}: conf {n['conf']:g}, iou {n['iou']:g}, max_det {n['max_det']}, "

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxrep.deploy.head import DetectionHead, the_head
+from onnxrep.deploy.head import DetectionHead, join_split, the_head
 from onnxrep.deploy.layout import LAYOUTS, add_layout
 from onnxrep.deploy.metadata import deploy_metadata, set_metadata
 from onnxrep.deploy.nms import NmsSettings, add_nms
@@ -82,6 +82,7 @@ class Deployed:
     base: onnx.ModelProto | None = None           # the optimized model the adapters started from
     info: dict = field(default_factory=dict)      # for the report
     info_explicit: dict = field(default_factory=dict)
+    split: DetectionHead | None = None            # a split head, joined into `head` before the adapters
 
 
 def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
@@ -97,8 +98,14 @@ def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
             if options.names is not None:
                 raise
             head = None
-    result = Deployed(model=copy.deepcopy(model), options=options, head=None, base=model)
+    split = None
+    if needs_head and head.layout == "split":   # boxes + scores outputs joined into one [B, 4+nc, A] first
+        split, model = head, copy.deepcopy(model)
+        head = join_split(model, head)
+    result = Deployed(model=copy.deepcopy(model), options=options, head=None, base=model, split=split)
     info = {}
+    if split is not None:
+        info["split"] = {"boxes": split.output, "scores": split.scores, "joined": head.output}
     image_dims = None
     if options.input_format != "float" or options.bgr:
         explicit = copy.deepcopy(model)
@@ -144,6 +151,9 @@ def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, at
     from onnxrep.deploy.checks import as_input_types, check_input, check_outputs
 
     checks = []
+    if deployed.split is not None and values is not None:   # the join in numpy: the final model's must equal it
+        values = [{**v, deployed.head.output: _joined(v, deployed.split)} if deployed.split.output in v else v
+                  for v in values]
     feeds = as_input_types(deployed.base, feeds)
     feeds_final = feeds
     if deployed.stage_in is not None:
@@ -153,3 +163,12 @@ def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, at
     if deployed.head is not None:
         checks.append(check_outputs(deployed, feeds_final, values))
     return checks
+
+
+def _joined(values: dict, split: DetectionHead):
+    """numpy's join of a split head's outputs (what head.join_split computes in the graph)."""
+    import numpy as np
+
+    boxes, scores = np.asarray(values[split.output]), np.asarray(values[split.scores])
+    return np.concatenate([boxes.transpose(0, 2, 1) if split.boxes_first else boxes,
+                           scores.transpose(0, 2, 1) if split.scores_first else scores], axis=1)

@@ -17,6 +17,16 @@ passed on unchanged (followed through Concat, Split, Slice, Transpose: the in-pl
 and dynamo write it, and the fused model's Split form), while channels 0..3 hold the decoded boxes. Scores are objectness x class, as the
 official NMS computes them.
 
+The same head with anchors first and the objectness a constant 1, YOLOv6's
+``Concat(axis=-1)(Mul(decoded [B, A, 4], strides), ones [B, A, 1], Transpose(Sigmoid(cls)) [B, A, nc])``, is
+"anchors-first-obj" too (its NMS multiplies by the ones: exact).
+
+"split", boxes and scores as two graph outputs (YOLO-NAS: boxes [B, A, 4] and scores [B, A, nc];
+PP-YOLOE: scores [B, nc, A]): the boxes are a decode as above (``Mul(Concat(halves, axis=-1), strides)``,
+centre-size or corners, ``-lt + anchor`` included) and every value of the scores a Sigmoid's, passed on
+through layout ops only (Transpose, Reshape, Concat, Flatten, Squeeze, Unsqueeze). The adapters first join
+them into the anchors-last tensor (``join_split``: Transpose and Concat, exact), then work as on YOLOv9's.
+
 Casts (a float16 model) are looked through. Anything else is *not* guessed at: the output gets a reason
 instead, so `--nms` on an unknown head is a clear error, never NMS on the wrong numbers.
 """
@@ -44,7 +54,10 @@ class DetectionHead:
     anchors: int | str | None
     strides: list[int]     # the decode's stride values (8, 16, 32), [] when they are not constants
     elem_type: int         # the output's element type (FLOAT, or FLOAT16 without keep_io_types)
-    layout: str = "anchors-last"   # [B, 4+nc, A]; or "anchors-first-obj": [B, A, 5+nc] (YOLOv7/v5)
+    layout: str = "anchors-last"   # [B, 4+nc, A]; "anchors-first-obj": [B, A, 5+nc] (YOLOv7/v5, v6); "split"
+    scores: str | None = None      # split: the scores output (`output` is the boxes)
+    boxes_first: bool = True       # split: boxes [B, A, 4] (False: [B, 4, A])
+    scores_first: bool = True      # split: scores [B, A, nc] (False: [B, nc, A])
 
     @property
     def stride(self) -> int | None:
@@ -75,13 +88,19 @@ def _is_half(node: gs.Node) -> bool:
     return value is not None and value.size == 1 and float(value.reshape(-1)[0]) == want
 
 
-def _axis1(node: gs.Node, rank: int = 3) -> bool:
+def _axis1(node: gs.Node, rank: int = 3, want: int = 1) -> bool:
     axis = node.attrs.get("axis")
-    return axis is not None and axis % rank == 1
+    return axis is not None and axis % rank == want
 
 
-def _box_coding(boxes: gs.Node) -> tuple[str | None, list[int], str]:
-    """(coding, strides, reason) for the node producing the decoded boxes [B, 4, A]."""
+def _is_negated(node: gs.Node | None) -> bool:
+    """Add(Neg(lt), anchor) or Add(anchor, Neg(lt)): `-lt + points`, as YOLO-NAS and PP-YOLOE write x1y1."""
+    return node is not None and is_std(node, "Add") and any(
+        (p := _through_casts(t)) is not None and is_std(p, "Neg") for t in node.inputs)
+
+
+def _box_coding(boxes: gs.Node, axis: int = 1) -> tuple[str | None, list[int], str]:
+    """(coding, strides, reason) for the node producing the decoded boxes ([B, 4, A]: axis 1; [B, A, 4]: 2)."""
     if not is_std(boxes, "Mul") or len(boxes.inputs) != 2:
         return None, [], f"boxes come from {boxes.op}, not the decode's Mul by the strides"
     strides = const_value(boxes.inputs[1])
@@ -91,12 +110,13 @@ def _box_coding(boxes: gs.Node) -> tuple[str | None, list[int], str]:
     if strides is None or decoded is None:
         return None, [], "the boxes are not scaled by constant strides"
     values = sorted({int(v) for v in np.unique(strides) if float(v) == int(v) and v > 0})
-    if not is_std(decoded, "Concat") or not _axis1(decoded) or len(decoded.inputs) != 2:
-        return None, values, "the boxes are not a Concat of two halves on axis 1"
+    if not is_std(decoded, "Concat") or not _axis1(decoded, want=axis) or len(decoded.inputs) != 2:
+        return None, values, f"the boxes are not a Concat of two halves on axis {axis}"
     first, second = (_through_casts(t) for t in decoded.inputs)
     if first is not None and _is_half(first) and second is not None and is_std(second, "Sub"):
         return "xywh", values, ""
-    if first is not None and second is not None and is_std(first, "Sub") and is_std(second, "Add"):
+    if first is not None and second is not None and (is_std(first, "Sub") or _is_negated(first)) \
+            and is_std(second, "Add"):
         return "xyxy", values, ""
     return None, values, "the box decode is neither centre-size (Div by 2, Sub) nor corners (Sub, Add)"
 
@@ -222,6 +242,109 @@ def _recognise_objectness(graph: gs.Graph, tensor: gs.Tensor, index: int, types:
                          layout="anchors-first-obj"), ""
 
 
+LAYOUT_OPS = ("Transpose", "Reshape", "Concat", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def _all_sigmoid(tensor: gs.Tensor, depth: int = 0) -> bool:
+    """Every value of `tensor` is a Sigmoid's, moved by layout ops only."""
+    node = _through_casts(tensor)
+    if node is None or depth > 64:
+        return False
+    if is_std(node, "Sigmoid"):
+        return True
+    if is_std(node, *LAYOUT_OPS) and node.inputs:
+        return all(_all_sigmoid(t, depth + 1) for t in (node.inputs if node.op == "Concat" else node.inputs[:1]))
+    return False
+
+
+def _is_ones(tensor: gs.Tensor) -> bool:
+    """A constant 1 everywhere (YOLOv6's objectness column): a constant, ConstantOfShape(1), or an Expand of one."""
+    value = const_value(tensor)
+    if value is not None:
+        return value.size > 0 and bool(np.all(value == 1))
+    node = _through_casts(tensor)
+    if node is not None and is_std(node, "ConstantOfShape"):
+        v = node.attrs.get("value")
+        v = getattr(v, "values", v)
+        return v is not None and bool(np.all(np.asarray(v) == 1))
+    return node is not None and is_std(node, "Expand", "Tile") and _is_ones(node.inputs[0])
+
+
+def _static_dim(dims, k):
+    d = dims[k] if dims and len(dims) > k else None
+    return int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
+
+
+def _recognise_obj_last(graph: gs.Graph, tensor: gs.Tensor, index: int, types: Types):
+    """YOLOv6's [B, A, 5+nc] (module docstring), or (None, why not)."""
+    dims = types.dims(tensor) or _dims(tensor)
+    node = _through_casts(tensor)
+    if not dims or len(dims) != 3 or node is None or not is_std(node, "Concat") or not _axis1(node, want=2) \
+            or len(node.inputs) != 3:
+        return None, "not a Concat of boxes, objectness and scores on the last axis"
+    boxes, obj, cls = node.inputs
+    part = [types.dims(t) or _dims(t) for t in node.inputs]
+    nc = _static_dim(part[2], 2)
+    if _static_dim(part[0], 2) != 4 or _static_dim(part[1], 2) != 1 or nc is None:
+        return None, "the parts are not 4 box channels, 1 objectness and a static number of classes"
+    if not (_is_ones(obj) or _all_sigmoid(obj)) or not _all_sigmoid(cls):
+        return None, "the objectness is not a constant 1 or a Sigmoid, or the scores are not a Sigmoid's"
+    bnode = _through_casts(boxes)
+    coding, strides, why = _box_coding(bnode, axis=2) if bnode is not None else (None, [], "no box decode")
+    if coding is None:
+        return None, why
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)) if tensor.dtype is not None else onnx.TensorProto.FLOAT
+    return DetectionHead(tensor.name, index, nc, coding, dims[0], dims[1], strides, int(elem),
+                         layout="anchors-first-obj"), ""
+
+
+def _boxes_output(tensor: gs.Tensor, types: Types):
+    """(coding, strides, anchors, boxes_first) of a decoded-boxes output [B, A, 4] or [B, 4, A], or None."""
+    dims = types.dims(tensor) or _dims(tensor)
+    node = _through_casts(tensor)
+    if not dims or len(dims) != 3 or node is None:
+        return None
+    turned = is_std(node, "Transpose") and list(node.attrs.get("perm") or []) == [0, 2, 1]
+    decode = _through_casts(node.inputs[0]) if turned else node
+    for axis in (2, 1):
+        if _static_dim(dims, axis) == 4 and decode is not None:
+            coding, strides, _ = _box_coding(decode, axis=(3 - axis) if turned else axis)
+            if coding is not None:
+                return coding, strides, dims[3 - axis], axis == 2
+    return None
+
+
+def _recognise_split(graph: gs.Graph, types: Types, taken: set[int]) -> list[DetectionHead]:
+    """Split heads: one decoded-boxes output paired with one all-Sigmoid scores output of the same anchors."""
+    boxes, scores = {}, {}
+    for k, out in enumerate(graph.outputs):
+        if k in taken:
+            continue
+        found = _boxes_output(out, types)
+        if found:
+            boxes[k] = found
+        elif len(types.dims(out) or _dims(out) or []) == 3 and _all_sigmoid(out):
+            scores[k] = types.dims(out) or _dims(out)
+    heads = []
+    for k, (coding, strides, anchors, boxes_first) in boxes.items():
+        pairs = []
+        for j, sd in scores.items():
+            for first, a_axis in ((True, 1), (False, 2)):
+                nc = _static_dim(sd, 3 - a_axis)
+                if nc and sd[a_axis] == anchors and anchors is not None:
+                    pairs.append((j, first, nc))
+        if len(pairs) != 1:
+            continue
+        j, first, nc = pairs[0]
+        out = graph.outputs[k]
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(out.dtype)) if out.dtype is not None else onnx.TensorProto.FLOAT
+        dims = types.dims(out) or _dims(out)
+        heads.append(DetectionHead(out.name, k, nc, coding, dims[0], anchors, strides, int(elem), layout="split",
+                                   scores=graph.outputs[j].name, boxes_first=boxes_first, scores_first=first))
+        del scores[j]
+    return heads
+
+
 def find_heads(model: onnx.ModelProto) -> tuple[list[DetectionHead], dict[str, str]]:
     """Every graph output recognised as a YOLO detection head, and for the others why not."""
     graph = import_model(model)
@@ -233,11 +356,39 @@ def find_heads(model: onnx.ModelProto) -> tuple[list[DetectionHead], dict[str, s
             if head is None:
                 head, why_v7 = _recognise_objectness(graph, out, k, types)
                 why = f"{why}; as a YOLOv7 head: {why_v7}"
+            if head is None:
+                head, why_v6 = _recognise_obj_last(graph, out, k, types)
+                why = f"{why}; as a YOLOv6 head: {why_v6}"
             if head:
                 heads.append(head)
             else:
                 reasons[out.name] = why
-    return heads, reasons
+        split = _recognise_split(graph, types, {h.index for h in heads})
+    for head in split:
+        reasons.pop(head.output, None)
+        reasons.pop(head.scores, None)
+    return sorted(heads + split, key=lambda h: h.index), reasons
+
+
+def join_split(model: onnx.ModelProto, head: DetectionHead) -> DetectionHead:
+    """A split head's boxes and scores outputs become one [B, 4+nc, A] output in the boxes' place (Transpose
+    and Concat: exact), in place; returns that anchors-last head. Other heads are returned as they are."""
+    if head.layout != "split":
+        return head
+    from onnxrep.deploy.build import Builder, replace_output
+
+    b = Builder(model, "onnxrep_head", "--nms")
+    boxes = head.output if not head.boxes_first else b.op("Transpose", [head.output], perm=[0, 2, 1], base="boxes")
+    scores = head.scores if not head.scores_first else b.op("Transpose", [head.scores], perm=[0, 2, 1], base="scores")
+    y = b.op("Concat", [boxes, scores], axis=1, base="y")
+    batch = head.batch if head.batch is not None else "batch"
+    replace_output(model, head.output, [onnx.helper.make_tensor_value_info(y, head.elem_type,
+                                                                           [batch, 4 + head.nc, head.anchors])])
+    outputs = [o for o in model.graph.output if o.name != head.scores]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    index = [o.name for o in outputs].index(y)
+    return DetectionHead(y, index, head.nc, head.box_coding, head.batch, head.anchors, head.strides, head.elem_type)
 
 
 def the_head(model: onnx.ModelProto, option: str) -> DetectionHead:
@@ -248,7 +399,8 @@ def the_head(model: onnx.ModelProto, option: str) -> DetectionHead:
     if not heads:
         why = "; ".join(f"{name}: {text}" for name, text in reasons.items())
         raise OnnxrepError(f"{option}: no YOLO detection head recognised among the outputs ({why}); "
-                           f"{option} supports YOLOv9/gelan DDetect-style heads [B, 4+nc, A]")
+                           f"{option} supports YOLOv9/gelan/ultralytics heads [B, 4+nc, A], YOLOv7/v5/v6 [B, A, 5+nc] "
+                           f"and split boxes [B, A, 4] + scores (YOLO-NAS, PP-YOLOE)")
     if len(heads) > 1:
         raise OnnxrepError(f"{option}: {len(heads)} detection outputs ({', '.join(h.output for h in heads)}): keep one "
                            f"(--aux auto drops a training-only head, or --keep-outputs NAME)")

@@ -486,7 +486,8 @@ def test_metadata_keys(tiny):
     assert meta["stride"] == "32" and meta["imgsz"] == "[160, 160]" and meta["task"] == "detect"
     assert meta["batch"] == "1" and meta["box_format"] == "xyxy" and meta["input_format"] == "uint8-nhwc"
     assert eval(meta["names"])[79] == "n79"    # ultralytics' format: a Python dict literal
-    assert json.loads(meta["nms"]) == {"nms": "ort", "conf": 0.25, "iou": 0.45, "max_det": 100, "class_agnostic": False}
+    assert json.loads(meta["nms"]) == {"nms": "ort", "conf": 0.25, "iou": 0.45, "max_det": 100, "class_agnostic": False,
+                                        "multi_label": False}
     with pytest.raises(OnnxrepError, match="2 names for a head with 80 classes"):
         apply(tiny, DeployOptions(names=["a", "b"]))
 

@@ -1,0 +1,185 @@
+"""Head recognition beyond YOLOv9/v7 (deploy/head.py): YOLOv6's [B, A, 5+nc] with a constant-1 objectness,
+and split heads (boxes [B, A, 4] or [B, 4, A] + scores [B, A, nc] or [B, nc, A], YOLO-NAS and PP-YOLOE), built
+here the way those families' decoders write them (distances from anchor points, `-lt + points`, centre-size
+or corners, Mul by strides), by a generator over codings, orientations, sizes and opsets; every recognised
+head then gets --nms / --output-layout, proven by the deploy checks against the reference NMS; near misses
+(scores not a Sigmoid's, objectness not 1, boxes not a decode) are refused with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxrep.deploy import DeployOptions, apply, check
+from onnxrep.deploy.head import find_heads
+from onnxrep.deploy.nms_reference import reference_nms
+from onnxrep.io import OnnxrepError
+
+
+def _c(name, value, inits):
+    inits.append(numpy_helper.from_array(np.asarray(value), name))
+    return name
+
+
+def head_model(kind: str, coding: str = "xyxy", nc: int = 3, anchors: int = 24, boxes_first: bool = True,
+               scores_first: bool = True, opset: int = 17, obj: str = "ones", score_op: str = "Sigmoid",
+               neg: bool = True) -> onnx.ModelProto:
+    """A decoder over x [B, 4+nc, A] (distances, then class logits), as the families write it:
+    kind "v6": Concat(-1)(boxes*strides [B, A, 4], objectness [B, A, 1], Sigmoid(cls)^T [B, A, nc]);
+    kind "split": outputs boxes ([B, A, 4] or [B, 4, A]) and scores ([B, A, nc] or [B, nc, A])."""
+    rng = np.random.default_rng(anchors * 7 + nc)
+    inits, nodes = [], []
+    n = lambda op, ins, outs, **kw: nodes.append(helper.make_node(op, ins, outs, **kw))  # noqa: E731
+    axes = _c("ax1", np.array([1], np.int64), inits)
+    n("Slice", ["x", _c("s0", np.array([0], np.int64), inits), _c("e4", np.array([4], np.int64), inits), axes], ["dist"])
+    n("Slice", ["x", _c("s4", np.array([4], np.int64), inits), _c("eN", np.array([4 + nc], np.int64), inits), axes],
+      ["logits"])
+    n("Transpose", ["dist"], ["dist_t"], perm=[0, 2, 1])                                    # [B, A, 4]
+    n("Exp", ["dist_t"], ["d"])
+    n("Split", ["d", _c("sp", np.array([2, 2], np.int64), inits)], ["lt", "rb"], axis=2)
+    points = _c("points", (rng.random((anchors, 2)) * 20).astype(np.float32), inits)
+    if neg:
+        n("Neg", ["lt"], ["nlt"])
+        n("Add", ["nlt", points], ["x1y1"])
+    else:
+        n("Sub", [points, "lt"], ["x1y1"])
+    n("Add", ["rb", points], ["x2y2"])
+    if coding == "xyxy":
+        n("Concat", ["x1y1", "x2y2"], ["dec"], axis=-1)
+    else:
+        n("Add", ["x1y1", "x2y2"], ["sum"])
+        n("Div", ["sum", _c("two", np.float32(2), inits)], ["cxy"])
+        n("Sub", ["x2y2", "x1y1"], ["wh"])
+        n("Concat", ["cxy", "wh"], ["dec"], axis=-1)
+    strides = np.repeat(np.array([8, 16, 32], np.float32), [anchors - anchors // 2 - anchors // 4, anchors // 2,
+                                                            anchors // 4])[:, None]
+    n("Mul", ["dec", _c("strides", strides, inits)], ["boxes_af"])                           # [B, A, 4]
+    n(score_op, ["logits"], ["cls"])                                                        # [B, nc, A]
+    n("Transpose", ["cls"], ["cls_af"], perm=[0, 2, 1])                                     # [B, A, nc]
+    if kind == "v6":
+        n("Shape", ["boxes_af"], ["shp"])
+        n("Slice", ["shp", _c("z", np.array([0], np.int64), inits), _c("two_i", np.array([2], np.int64), inits)],
+          ["ba"])
+        n("Concat", ["ba", _c("one_i", np.array([1], np.int64), inits)], ["oshape"], axis=0)
+        if obj == "ones":
+            n("ConstantOfShape", ["oshape"], ["objness"], value=numpy_helper.from_array(np.array([1], np.float32)))
+        else:   # a constant 0.5: not YOLOv6's 1, not a Sigmoid
+            n("ConstantOfShape", ["oshape"], ["objness"], value=numpy_helper.from_array(np.array([0.5], np.float32)))
+        n("Concat", ["boxes_af", "objness", "cls_af"], ["y"], axis=-1)
+        outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", anchors, 5 + nc])]
+    else:
+        if boxes_first:
+            n("Identity", ["boxes_af"], ["boxes"])
+        else:
+            n("Transpose", ["boxes_af"], ["boxes"], perm=[0, 2, 1])
+        n("Identity" if not scores_first else "Transpose", ["cls"], ["scores"],
+          **({} if not scores_first else {"perm": [0, 2, 1]}))
+        outs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["B", anchors, 4] if boxes_first else ["B", 4, anchors]),
+                helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", anchors, nc] if scores_first else ["B", nc, anchors])]
+    g = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4 + nc, anchors])],
+                          outs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _feeds(nc, anchors, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (batch, 4 + nc, anchors)).astype(np.float32)
+    x[:, 4:] *= 3   # scores spread over (0, 1): many above conf
+    return [{"x": x}]
+
+
+def _run(m, feed):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feed)))
+
+
+@pytest.mark.parametrize("coding", ["xyxy", "xywh"])
+def test_yolov6_head_is_anchors_first_with_objectness(coding):
+    m = head_model("v6", coding)
+    [h], _ = find_heads(m)
+    assert (h.layout, h.box_coding, h.nc, h.strides) == ("anchors-first-obj", coding, 3, [8, 16, 32])
+
+
+def test_a_constant_objectness_other_than_one_is_not_yolov6s():
+    heads, reasons = find_heads(head_model("v6", obj="half"))
+    assert not heads and "objectness" in reasons["y"]
+
+
+@pytest.mark.parametrize("boxes_first,scores_first", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("coding,neg", [("xyxy", True), ("xyxy", False), ("xywh", True)])
+def test_split_heads_are_recognised_in_every_orientation(boxes_first, scores_first, coding, neg):
+    m = head_model("split", coding, boxes_first=boxes_first, scores_first=scores_first, neg=neg)
+    [h], reasons = find_heads(m)
+    assert not reasons
+    assert (h.layout, h.output, h.scores, h.nc, h.anchors, h.box_coding) == ("split", "boxes", "scores", 3, 24, coding)
+    assert (h.boxes_first, h.scores_first) == (boxes_first, scores_first)
+
+
+def test_scores_that_are_not_a_sigmoid_make_no_split_head():
+    heads, reasons = find_heads(head_model("split", score_op="Relu"))
+    assert not heads and set(reasons) == {"boxes", "scores"}
+    with pytest.raises(OnnxrepError, match="no YOLO detection head"):
+        apply(head_model("split", score_op="Relu"), DeployOptions(nms="ort"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["v6", "split"]), coding=st.sampled_from(["xyxy", "xywh"]), nc=st.integers(1, 5),
+       anchors=st.integers(8, 60), boxes_first=st.booleans(), scores_first=st.booleans(),
+       opset=st.sampled_from([13, 17, 18]), nms=st.sampled_from(["ort", "trt"]), multi=st.booleans())
+def test_nms_on_generated_heads_equals_the_reference(kind, coding, nc, anchors, boxes_first, scores_first, opset,
+                                                      nms, multi):
+    m = head_model(kind, coding, nc, anchors, boxes_first, scores_first, opset)
+    feeds = _feeds(nc, anchors)
+    d = apply(m, DeployOptions(nms=nms, conf=0.3, max_det=20, multi_label=multi))
+    onnx.checker.check_model(d.model, full_check=nms == "ort")
+    [c] = check(d, feeds, values=[_run(m, f) for f in feeds])
+    assert c["ok"], c["line"]
+    if nms == "ort":   # and by hand: the reference NMS of the head's numbers, rebuilt here from the outputs
+        got = _run(d.model, feeds[0])
+        out = _run(m, feeds[0])
+        if kind == "v6":
+            y, layout = out["y"], "anchors-first-obj"
+        else:
+            b = out["boxes"] if not boxes_first else out["boxes"].transpose(0, 2, 1)
+            s = out["scores"] if not scores_first else out["scores"].transpose(0, 2, 1)
+            y, layout = np.concatenate([b, s], axis=1), "anchors-last"
+        want = reference_nms(y, coding, 0.3, 0.45, 20, layout=layout, multi_label=multi)
+        for k, v in want.items():
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_split_head_join_is_checked():
+    """The join of a split head is part of the proof: a join in the wrong order fails it."""
+    m = head_model("split", "xyxy", nc=4, anchors=30)
+    feeds = _feeds(4, 30)
+    values = [_run(m, f) for f in feeds]
+    d = apply(m, DeployOptions(nms="ort", conf=0.3))
+    assert d.info["split"] == {"boxes": "boxes", "scores": "scores", "joined": d.head.output}
+    [c] = check(d, feeds, values=values)
+    assert c["ok"], c["line"]
+    bad = apply(m, DeployOptions(nms="ort", conf=0.3))
+    concat = next(n for n in bad.model.graph.node if n.name.startswith("onnxrep_head/y"))
+    concat.input[:] = list(concat.input)[::-1]    # scores first: the NMS reads class scores as boxes
+    [c] = check(bad, feeds, values=values)
+    assert not c["ok"], c["line"]
+
+
+def test_output_layout_on_a_split_head():
+    m = head_model("split", "xywh", nc=2, anchors=16)
+    feeds = _feeds(2, 16)
+    d = apply(m, DeployOptions(output_layout="anchors-first"))
+    [c] = check(d, feeds, values=[_run(m, f) for f in feeds])
+    assert c["ok"], c["line"]
+    out = _run(m, feeds[0])
+    got = _run(d.model, feeds[0])
+    [y] = got.values()
+    np.testing.assert_array_equal(y, np.concatenate([out["boxes"], out["scores"]], axis=2))
