@@ -596,7 +596,7 @@ def test_inspect_names_the_detection_head_or_why_there_is_none(tiny_file, tmp_pa
     from onnxrep.inspect import inspect
 
     text = inspect(str(tiny_file)).text()
-    assert "detection head: output1 (80 classes, xywh boxes, strides 8/16/32, 525 anchors)" in text
+    assert "detection head: output1 ([B, 4+nc, A]; 80 classes, xywh boxes, strides 8/16/32, 525 anchors)" in text
     src = tmp_path / "m.onnx"
     onnx.save(_one_conv(), src)
     assert "detection head: none recognised" in inspect(str(src)).text()
