@@ -76,13 +76,14 @@ class Inspection:
         if aux.get("renamed"):
             lines.append(f"  renames {', '.join(f'{a} -> {b}' for a, b in aux['renamed'].items())}")
         for h in self.detection.get("heads", []):
-            what = {"anchors-last": "[B, 4+nc, A]", "anchors-first-obj": "[B, A, 5+nc] with objectness"}.get(h["layout"])
+            what = {"anchors-last": "[B, 4+nc, A]", "anchors-first-obj": "[B, A, 5+nc] with objectness",
+                    "anchors-first": "[B, A, 4+nc]"}.get(h["layout"])
             if h["layout"] == "split":
                 what = (f"split: boxes {'[B, A, 4]' if h['boxes_first'] else '[B, 4, A]'} + scores {h['scores']} "
                         f"{'[B, A, nc]' if h['scores_first'] else '[B, nc, A]'}")
             lines.append(f"detection head: {h['output']} ({what}; {h['nc']} classes, {h['box_coding']} boxes, strides "
                          f"{'/'.join(map(str, h['strides'])) or '?'}, {h['anchors']} anchors): --nms "
-                         f"{'applies' if h['layout'] == 'anchors-first-obj' else 'and --output-layout apply'}")
+                         f"{'applies' if h['layout'].startswith('anchors-first') else 'and --output-layout apply'}")
         if not self.detection.get("heads"):
             why = "; ".join(f"{k}: {v}" for k, v in self.detection.get("reasons", {}).items())
             lines.append(f"detection head: none recognised, --nms and --output-layout do not apply ({why})")

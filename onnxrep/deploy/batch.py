@@ -3,7 +3,9 @@
 make_dynamic_batch (``--dynamic-batch``): a model exported at batch B bakes B into constants: Reshape
 targets ``[1, 144, -1]``, Expand shapes, Resize sizes. The image input's batch becomes the symbolic
 ``batch``, and each such constant whose first entry is B and which shapes a tensor computed from the batch
-inputs becomes ``Concat(Shape(input)[0:1], rest)``: the batch read at run time, the rest unchanged.
+inputs becomes ``Concat(Shape(input)[0:1], rest)``: the batch read at run time, the rest unchanged. A
+tensor without the batch that a Concat joins, off the batch axis, to one with it (a constant ``[1, A, 1]``
+column of ones) is expanded to the batch read the same way.
 Which inputs carry the batch: the image (the first input of the highest rank) and every input whose first
 dim is its B, except, at B = 1, an input of another rank: a ``[1]`` threshold or a ``[1, 4]`` table next to a
 ``[1, 3, H, W]`` image is a 1 that is no batch, so it keeps its shape, and so do the constants that shape
@@ -121,7 +123,7 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """A copy of `model` whose inputs take any batch (see the module docstring); and what was rewritten."""
     from onnxrep.export import from_graph
     from onnxrep.ir.constants import at_opset, const_value
-    from onnxrep.ir.graph import Namer, import_model, model_opset
+    from onnxrep.ir.graph import Namer, import_model, is_std, model_opset
     from onnxrep.ir.shapes import infer_types
 
     inputs, b0 = batch_inputs(model)
@@ -144,6 +146,9 @@ def make_dynamic_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             if not any(t.name in batched for t in node.inputs):
                 continue   # computes from constants and non-batch inputs only: its shapes have no batch
             _refuse_batch_axis_ops(node, b0, refused, types)
+            if is_std(node, "Concat"):
+                _batch_concat_inputs(node, batched, b0, types, namer, batch, new_nodes, rewritten, refused)
+                continue
             k = SHAPED_BY.get(node.op)
             if k is None or len(node.inputs) <= k or not node.inputs[k].name:
                 continue
@@ -193,6 +198,38 @@ def _batched_tensors(graph: gs.Graph, sources: list[gs.Tensor]) -> set[str]:
         if any(t.name in reached for t in node.inputs):
             reached.update(t.name for t in node.outputs)
     return reached
+
+
+def _batch_concat_inputs(node: gs.Node, batched: set, b0: int, types, namer, batch: gs.Variable, new_nodes: list,
+                         rewritten: list, refused: list) -> None:
+    """A Concat off the batch axis joins a batch-carrying tensor with one that is not (YOLOv6's objectness
+    ones [1, A, 1], a constant): every input of such a Concat has the batch as its first dim, so the constant
+    one is expanded to the batch read at run time (Expand(t, Concat(batch, Shape(t)[1:]))). A constant holding
+    a batch > 1 can't be expanded: refused."""
+    dims_out = types.dims(node.outputs[0])
+    rank = len(dims_out) if dims_out else 0
+    if not rank or node.attrs.get("axis", 0) % rank == 0:
+        return
+    for k, t in enumerate(list(node.inputs)):
+        dims = types.dims(t)
+        if t.name in batched or not dims or len(dims) != rank or dims[0] != b0:
+            continue
+        if b0 != 1:
+            refused.append(f"Concat {node.name!r}: its input {t.name!r} holds the batch {b0} in a constant")
+            continue
+        base = f"{node.name}/{k}"
+        shape = gs.Variable(namer(f"{base}/shape"), dtype=np.int64, shape=[rank])
+        rest = gs.Variable(namer(f"{base}/rest"), dtype=np.int64, shape=[rank - 1])
+        full = gs.Variable(namer(f"{base}/batch_shape"), dtype=np.int64, shape=[rank])
+        out = gs.Variable(namer(f"{base}/batched"), dtype=t.dtype)
+        new_nodes += [gs.Node("Shape", namer(f"{base}/Shape"), inputs=[t], outputs=[shape]),
+                      gs.Node("Slice", namer(f"{base}/Slice"), inputs=[
+                          shape, gs.Constant(namer(f"{base}/one"), np.array([1], np.int64)),
+                          gs.Constant(namer(f"{base}/end"), np.array([rank], np.int64))], outputs=[rest]),
+                      gs.Node("Concat", namer(f"{base}/Concat"), attrs={"axis": 0}, inputs=[batch, rest], outputs=[full]),
+                      gs.Node("Expand", namer(f"{base}/Expand"), inputs=[t, full], outputs=[out])]
+        node.inputs[k] = out
+        rewritten.append(f"Concat {node.name} (its input {t.name} follows the batch)")
 
 
 def _not_the_batch(node: gs.Node, target: np.ndarray, b0: int, types) -> str:

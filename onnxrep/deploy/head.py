@@ -19,7 +19,8 @@ official NMS computes them.
 
 The same head with anchors first and the objectness a constant 1, YOLOv6's
 ``Concat(axis=-1)(Mul(decoded [B, A, 4], strides), ones [B, A, 1], Transpose(Sigmoid(cls)) [B, A, nc])``, is
-"anchors-first-obj" too (its NMS multiplies by the ones: exact).
+"anchors-first-obj" too (its NMS multiplies by the ones: exact); without the objectness column,
+``Concat(axis=-1)(boxes [B, A, 4], scores [B, A, nc])`` (PP-YOLOE's export without NMS), "anchors-first".
 
 "split", boxes and scores as two graph outputs (YOLO-NAS: boxes [B, A, 4] and scores [B, A, nc];
 PP-YOLOE: scores [B, nc, A]): the boxes are a decode as above (``Mul(Concat(halves, axis=-1), strides)``,
@@ -54,7 +55,8 @@ class DetectionHead:
     anchors: int | str | None
     strides: list[int]     # the decode's stride values (8, 16, 32), [] when they are not constants
     elem_type: int         # the output's element type (FLOAT, or FLOAT16 without keep_io_types)
-    layout: str = "anchors-last"   # [B, 4+nc, A]; "anchors-first-obj": [B, A, 5+nc] (YOLOv7/v5, v6); "split"
+    layout: str = "anchors-last"   # [B, 4+nc, A]; "anchors-first-obj": [B, A, 5+nc] (YOLOv7/v5, v6);
+    #                                "anchors-first": [B, A, 4+nc] (PP-YOLOE); "split" 
     scores: str | None = None      # split: the scores output (`output` is the boxes)
     boxes_first: bool = True       # split: boxes [B, A, 4] (False: [B, 4, A])
     scores_first: bool = True      # split: scores [B, A, nc] (False: [B, nc, A])
@@ -93,10 +95,28 @@ def _axis1(node: gs.Node, rank: int = 3, want: int = 1) -> bool:
     return axis is not None and axis % rank == want
 
 
+def _negates(node: gs.Node | None) -> bool:
+    """Neg(x), or Mul by a constant -1 (PP-YOLOE's paddle2onnx export)."""
+    if node is None:
+        return False
+    if is_std(node, "Neg"):
+        return True
+    if is_std(node, "Mul") and len(node.inputs) == 2:
+        return any((v := const_value(t)) is not None and v.size == 1 and float(v.reshape(-1)[0]) == -1.0
+                   for t in node.inputs)
+    return False
+
+
 def _is_negated(node: gs.Node | None) -> bool:
     """Add(Neg(lt), anchor) or Add(anchor, Neg(lt)): `-lt + points`, as YOLO-NAS and PP-YOLOE write x1y1."""
-    return node is not None and is_std(node, "Add") and any(
-        (p := _through_casts(t)) is not None and is_std(p, "Neg") for t in node.inputs)
+    return node is not None and is_std(node, "Add") and any(_negates(_through_casts(t)) for t in node.inputs)
+
+
+def _through_unsqueeze(tensor: gs.Tensor) -> gs.Node | None:
+    node = _through_casts(tensor)
+    while node is not None and is_std(node, "Unsqueeze", "Reshape"):
+        node = _through_casts(node.inputs[0])
+    return node
 
 
 def _box_coding(boxes: gs.Node, axis: int = 1) -> tuple[str | None, list[int], str]:
@@ -110,6 +130,13 @@ def _box_coding(boxes: gs.Node, axis: int = 1) -> tuple[str | None, list[int], s
     if strides is None or decoded is None:
         return None, [], "the boxes are not scaled by constant strides"
     values = sorted({int(v) for v in np.unique(strides) if float(v) == int(v) and v > 0})
+    if is_std(decoded, "Concat") and _axis1(decoded, want=axis) and len(decoded.inputs) == 4:
+        # four coordinates apart (YOLO-NAS): x1 = ax - l, y1 = ay - t, x2 = ax + r, y2 = ay + b
+        parts = [_through_unsqueeze(t) for t in decoded.inputs]
+        if all(p is not None for p in parts) and all(is_std(p, "Sub") or _is_negated(p) for p in parts[:2]) \
+                and all(is_std(p, "Add") and not _is_negated(p) for p in parts[2:]):
+            return "xyxy", values, ""
+        return None, values, "the four box coordinates are not anchor - distance, anchor + distance"
     if not is_std(decoded, "Concat") or not _axis1(decoded, want=axis) or len(decoded.inputs) != 2:
         return None, values, f"the boxes are not a Concat of two halves on axis {axis}"
     first, second = (_through_casts(t) for t in decoded.inputs)
@@ -270,36 +297,49 @@ def _is_ones(tensor: gs.Tensor) -> bool:
     return node is not None and is_std(node, "Expand", "Tile") and _is_ones(node.inputs[0])
 
 
+def _obj_width(tensor: gs.Tensor, dims) -> int | None:
+    """The objectness part's last dim; for a constant expanded to the batch (--dynamic-batch), the constant's."""
+    width = _static_dim(dims, 2)
+    node = _through_casts(tensor)
+    if width is None and node is not None and is_std(node, "Expand", "Tile"):
+        value = const_value(node.inputs[0])
+        width = int(value.shape[-1]) if value is not None and value.ndim == 3 else None
+    return width
+
+
 def _static_dim(dims, k):
     d = dims[k] if dims and len(dims) > k else None
     return int(d) if isinstance(d, (int, np.integer)) and d > 0 else None
 
 
 def _recognise_obj_last(graph: gs.Graph, tensor: gs.Tensor, index: int, types: Types):
-    """YOLOv6's [B, A, 5+nc] (module docstring), or (None, why not)."""
+    """YOLOv6's [B, A, 5+nc], or PP-YOLOE's [B, A, 4+nc] without objectness (module docstring), or (None, why not)."""
     dims = types.dims(tensor) or _dims(tensor)
     node = _through_casts(tensor)
     if not dims or len(dims) != 3 or node is None or not is_std(node, "Concat") or not _axis1(node, want=2) \
-            or len(node.inputs) != 3:
-        return None, "not a Concat of boxes, objectness and scores on the last axis"
-    boxes, obj, cls = node.inputs
+            or len(node.inputs) not in (2, 3):
+        return None, "not a Concat of boxes, (objectness) and scores on the last axis"
+    boxes, cls = node.inputs[0], node.inputs[-1]
     part = [types.dims(t) or _dims(t) for t in node.inputs]
-    nc = _static_dim(part[2], 2)
-    if _static_dim(part[0], 2) != 4 or _static_dim(part[1], 2) != 1 or nc is None:
-        return None, "the parts are not 4 box channels, 1 objectness and a static number of classes"
-    if not (_is_ones(obj) or _all_sigmoid(obj)) or not _all_sigmoid(cls):
-        return None, "the objectness is not a constant 1 or a Sigmoid, or the scores are not a Sigmoid's"
+    nc = _static_dim(part[-1], 2)
+    if _static_dim(part[0], 2) != 4 or (len(part) == 3 and _obj_width(node.inputs[1], part[1]) != 1) or nc is None:
+        return None, "the parts are not 4 box channels, (1 objectness) and a static number of classes"
+    if len(part) == 3 and not (_is_ones(node.inputs[1]) or _all_sigmoid(node.inputs[1])):
+        return None, "the objectness is not a constant 1 or a Sigmoid"
+    if not _all_sigmoid(cls):
+        return None, "the scores are not a Sigmoid's"
     bnode = _through_casts(boxes)
     coding, strides, why = _box_coding(bnode, axis=2) if bnode is not None else (None, [], "no box decode")
     if coding is None:
         return None, why
     elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype)) if tensor.dtype is not None else onnx.TensorProto.FLOAT
     return DetectionHead(tensor.name, index, nc, coding, dims[0], dims[1], strides, int(elem),
-                         layout="anchors-first-obj"), ""
+                         layout="anchors-first-obj" if len(part) == 3 else "anchors-first"), ""
 
 
-def _boxes_output(tensor: gs.Tensor, types: Types):
-    """(coding, strides, anchors, boxes_first) of a decoded-boxes output [B, A, 4] or [B, 4, A], or None."""
+def _boxes_output(tensor: gs.Tensor, types: Types, why: dict):
+    """(coding, strides, anchors, boxes_first) of a decoded-boxes output [B, A, 4] or [B, 4, A], or None
+    (and why[tensor name] says why, where it has 4 channels)."""
     dims = types.dims(tensor) or _dims(tensor)
     node = _through_casts(tensor)
     if not dims or len(dims) != 3 or node is None:
@@ -308,19 +348,20 @@ def _boxes_output(tensor: gs.Tensor, types: Types):
     decode = _through_casts(node.inputs[0]) if turned else node
     for axis in (2, 1):
         if _static_dim(dims, axis) == 4 and decode is not None:
-            coding, strides, _ = _box_coding(decode, axis=(3 - axis) if turned else axis)
+            coding, strides, reason = _box_coding(decode, axis=(3 - axis) if turned else axis)
             if coding is not None:
                 return coding, strides, dims[3 - axis], axis == 2
+            why[tensor.name] = reason
     return None
 
 
-def _recognise_split(graph: gs.Graph, types: Types, taken: set[int]) -> list[DetectionHead]:
+def _recognise_split(graph: gs.Graph, types: Types, taken: set[int], why: dict) -> list[DetectionHead]:
     """Split heads: one decoded-boxes output paired with one all-Sigmoid scores output of the same anchors."""
     boxes, scores = {}, {}
     for k, out in enumerate(graph.outputs):
         if k in taken:
             continue
-        found = _boxes_output(out, types)
+        found = _boxes_output(out, types, why)
         if found:
             boxes[k] = found
         elif len(types.dims(out) or _dims(out) or []) == 3 and _all_sigmoid(out):
@@ -348,7 +389,7 @@ def _recognise_split(graph: gs.Graph, types: Types, taken: set[int]) -> list[Det
 def find_heads(model: onnx.ModelProto) -> tuple[list[DetectionHead], dict[str, str]]:
     """Every graph output recognised as a YOLO detection head, and for the others why not."""
     graph = import_model(model)
-    types = infer_types(graph)
+    types = infer_types(graph, opset13_as_14=True)
     heads, reasons = [], {}
     with at_opset(model_opset(graph)):
         for k, out in enumerate(graph.outputs):
@@ -358,12 +399,16 @@ def find_heads(model: onnx.ModelProto) -> tuple[list[DetectionHead], dict[str, s
                 why = f"{why}; as a YOLOv7 head: {why_v7}"
             if head is None:
                 head, why_v6 = _recognise_obj_last(graph, out, k, types)
-                why = f"{why}; as a YOLOv6 head: {why_v6}"
+                why = f"{why}; as a YOLOv6/PP-YOLOE head: {why_v6}"
             if head:
                 heads.append(head)
             else:
                 reasons[out.name] = why
-        split = _recognise_split(graph, types, {h.index for h in heads})
+        why_split: dict = {}
+        split = _recognise_split(graph, types, {h.index for h in heads}, why_split)
+    for name, why in why_split.items():
+        if name in reasons:
+            reasons[name] += f"; as split boxes: {why}"
     for head in split:
         reasons.pop(head.output, None)
         reasons.pop(head.scores, None)

@@ -36,8 +36,9 @@ def add_layout(model: onnx.ModelProto, head: DetectionHead, layout: str) -> dict
     if head.layout != "anchors-last":
         from onnxrep.io import OnnxrepError
 
-        raise OnnxrepError(f"--output-layout {layout}: the head {head.output} is YOLOv7's [B, A, 5+nc] (anchors first, "
-                           f"with objectness); the layouts apply to [B, 4+nc, A] heads")
+        raise OnnxrepError(f"--output-layout {layout}: the head {head.output} is "
+                           + ("[B, A, 5+nc] (anchors first, with objectness: YOLOv5/v6/v7)" if head.layout == "anchors-first-obj"
+                              else "[B, A, 4+nc] (anchors first)") + "; the layouts apply to [B, 4+nc, A] heads")
     b = Builder(model, "onnxrep_layout", "--output-layout")
     raw = b.name("head_output")
     rename_tensor(model, head.output, raw)

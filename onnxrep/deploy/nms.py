@@ -79,6 +79,9 @@ def _candidates(b: Builder, head: DetectionHead, agnostic: bool, multi_label: bo
         boxes = b.slice(y, 0, 4, 2)
         scores = b.op("Transpose", [b.op("Mul", [b.slice(y, 5, 5 + head.nc, 2), b.slice(y, 4, 5, 2)])],
                       perm=[0, 2, 1], base="scores")
+    elif head.layout == "anchors-first":     # [B, A, 4+nc]
+        boxes = b.slice(y, 0, 4, 2)
+        scores = b.op("Transpose", [b.slice(y, 4, 4 + head.nc, 2)], perm=[0, 2, 1], base="scores")
     else:
         boxes = b.op("Transpose", [b.slice(y, 0, 4, 1)], perm=[0, 2, 1], base="boxes")
         scores = b.slice(y, 4, 4 + head.nc, 1)

@@ -23,6 +23,9 @@ def candidates(y: np.ndarray, coding: str, layout: str = "anchors-last") -> tupl
     if layout == "anchors-first-obj":
         t = np.ascontiguousarray(y[:, :4])
         scores = np.ascontiguousarray((y[:, 5:] * y[:, 4:5]).T)
+    elif layout == "anchors-first":
+        t = np.ascontiguousarray(y[:, :4])
+        scores = np.ascontiguousarray(y[:, 4:].T)
     else:
         t = np.ascontiguousarray(y[:4].T)
         scores = y[4:]

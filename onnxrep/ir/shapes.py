@@ -138,11 +138,20 @@ class LazyTypes:
         return self._types.dims(tensor)
 
 
-def infer_types(graph: gs.Graph) -> Types:
-    """Shape inference over the top-level graph, on a weight-less view. Never raises."""
+def infer_types(graph: gs.Graph, opset13_as_14: bool = False) -> Types:
+    """Shape inference over the top-level graph, on a weight-less view. Never raises.
+
+    opset13_as_14: infer an opset-13 graph as opset 14, whose ops infer alike (14 added types and Reshape's
+    allowzero, default off), because ONNX propagates shape *values* (Shape -> Slice/Gather -> Concat ->
+    Reshape, what --dynamic-batch writes) only from opset 14: at 13 everything after such a Reshape is
+    unknown."""
     input_dims = {d for t in graph.inputs for d in (t.shape or ()) if isinstance(d, str) and d}
     try:
         model = weightless_view(graph)
+        if opset13_as_14:
+            for o in model.opset_import:
+                if o.domain in ("", "ai.onnx") and o.version == 13:
+                    o.version = 14
         inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # an op inference can't handle: fall back to what gs knows
         return Types(input_dims=input_dims)

@@ -91,7 +91,13 @@ def load_data(model: onnx.ModelProto, options: Int8Options) -> Int8Data:
             raise OnnxrepError("--eval: the model has no YOLO detection output to compute mAP on (outputs: "
                                + ", ".join(f"{k} {v}" for k, v in shapes.items()) + ")")
         out, layout = next(iter(layouts.items()))
-        nc = shapes[out][1 if layout == "anchors-last" else 2] - (5 if layout == "anchors-first-obj" else 4)
+        if layout.startswith("split:"):   # a split head: its scores output [B, A, nc] or [B, nc, A]
+            from onnxrep.verify.detections import split_parts
+
+            scores, _, scores_first = split_parts(layout)
+            nc = shapes[scores][2 if scores_first else 1]
+        else:
+            nc = shapes[out][1 if layout == "anchors-last" else 2] - (5 if layout == "anchors-first-obj" else 4)
         evals = load_images(options.eval, model, labels=True, option="--eval")
         if not len(evals.boxes):
             raise OnnxrepError(f"--eval {options.eval}: no labelled objects found (YOLO txt files in labels/ beside "
@@ -259,8 +265,10 @@ def _map(model, q, data: Int8Data, kinds: dict) -> dict:
     det = next(iter(kinds), None)
     if det is None:
         raise OnnxrepError("--eval: the model has no detection output to compute mAP on")
-    f = proof.run_images(model, data.evals.arrays, data.input_name)[det]
-    i = proof.run_images(q, data.evals.arrays, data.input_name)[det]
-    mf, mi = proof.mean_ap(f, kinds[det], data.evals), proof.mean_ap(i, kinds[det], data.evals)
+    from onnxrep.verify.detections import detection_view
+
+    f = detection_view(proof.run_images(model, data.evals.arrays, data.input_name), det, kinds[det])
+    i = detection_view(proof.run_images(q, data.evals.arrays, data.input_name), det, kinds[det])
+    mf, mi = proof.mean_ap(f, "anchors-last", data.evals), proof.mean_ap(i, "anchors-last", data.evals)
     return {"output": det, "images": len(data.evals), "float": mf, "int8": mi,
             "drop": round(mf["map50_95"] - mi["map50_95"], 2)}

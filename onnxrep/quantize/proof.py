@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from onnxrep.io import OnnxrepError
-from onnxrep.verify.detections import agreement, anchors_last, head_layouts, nms, top_anchor_errors
+from onnxrep.verify.detections import agreement, anchors_last, detection_view, head_layouts, nms, top_anchor_errors
 
 MIN_SQNR_DB = 20.0
 MAX_DB = 300.0   # an exact output's SQNR (infinite) is reported as this
@@ -88,7 +88,7 @@ def output_error(ref: dict, got: dict, kinds: dict[str, str]) -> float:
         if not np.all(np.isfinite(g)):
             return np.inf
         if name in kinds:
-            a, b = anchors_last(r, kinds[name]), anchors_last(g, kinds[name])
+            a, b = detection_view(ref, name, kinds[name]), detection_view(got, name, kinds[name])
             box, score = _top(a, b)
             total += box + score
         else:
@@ -104,7 +104,7 @@ def compare(ref: dict, got: dict, kinds: dict[str, str], min_agreement: float) -
         g = got[name]
         facts: dict = {"sqnr_db": round(min(_sqnr(r, g), MAX_DB), 2)}   # capped: JSON has no Infinity
         if name in kinds:
-            a, b = anchors_last(r, kinds[name]), anchors_last(g, kinds[name])
+            a, b = detection_view(ref, name, kinds[name]), detection_view(got, name, kinds[name])
             conf = agreement([a], [b], conf=0.25, min_detections=20, eps=0.0).conf
             agree = agreement([a], [b], conf=conf, min_detections=0, eps=TIE * conf)
             px, rel, checked = top_anchor_errors(a, b, top=100, min_score=0.001)

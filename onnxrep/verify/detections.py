@@ -39,15 +39,40 @@ def head_layouts(model, shapes: dict) -> dict[str, str]:
     from onnxrep.deploy.head import find_heads
 
     try:
-        found = {h.output: h.layout for h in find_heads(model)[0]}
+        found = {h.output: (h.layout if h.layout != "split" else split_layout(h.scores, h.boxes_first, h.scores_first))
+                 for h in find_heads(model)[0]}
     except Exception:  # noqa: BLE001 -- a graph the recogniser can't read: shapes alone decide
         found = {}
     out = {}
     for name, shape in shapes.items():
         layout = found.get(name) or layout_by_shape(shape)
-        if layout:
+        if layout and (not layout.startswith("split:") or split_parts(layout)[0] in shapes):
             out[name] = layout
     return out
+
+
+def split_layout(scores: str, boxes_first: bool, scores_first: bool) -> str:
+    """The layout of a split head's boxes output: "split:<boxes first><scores first>:<scores output>"."""
+    return f"split:{int(boxes_first)}{int(scores_first)}:{scores}"
+
+
+def split_parts(layout: str) -> tuple[str, bool, bool]:
+    """(scores output, boxes first, scores first) of a split_layout string."""
+    flags, scores = layout[len("split:"):].split(":", 1)
+    return scores, flags[0] == "1", flags[1] == "1"
+
+
+def detection_view(values: dict, name: str, layout: str, rename: dict | None = None, dtype=None) -> np.ndarray:
+    """Output `name` of `values` ({output: array}) as [B, 4+nc, A] float64 (anchors_last); a split head's boxes
+    joined with its scores output (its name mapped through `rename`, the other model's names)."""
+    cast = (lambda v: np.asarray(v, dtype)) if dtype is not None else np.asarray
+    if not layout.startswith("split:"):
+        return anchors_last(cast(values[name]), layout)
+    scores, boxes_first, scores_first = split_parts(layout)
+    b = np.asarray(cast(values[name]), np.float64)
+    c = np.asarray(cast(values[(rename or {}).get(scores, scores)]), np.float64)
+    return np.concatenate([b.transpose(0, 2, 1) if boxes_first else b, c.transpose(0, 2, 1) if scores_first else c],
+                          axis=1)
 
 
 def anchors_last(y, layout: str) -> np.ndarray:

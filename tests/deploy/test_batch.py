@@ -84,6 +84,32 @@ def test_dynamic_batch_on_small_graphs(case):
     assert result["ok"], result["line"]
 
 
+@pytest.mark.parametrize("axis", [1, 2, -1])
+@pytest.mark.parametrize("b0", [1, 2])
+def test_a_constant_joined_off_the_batch_axis_follows_the_batch(axis, b0):
+    """YOLOv6's head: Concat(-1)(boxes [B, A, 4], ones [1, A, 1] (a constant at export), scores). The constant
+    is expanded to the batch read at run time; a constant holding a batch > 1 can't be, and is refused."""
+    c, hw = 3, 4
+    m = _conv_reshape(b0, c, hw)
+    shape = [b0, 2, hw * hw] if axis == 1 else [b0, c, 2]
+    m.graph.initializer.append(numpy_helper.from_array(np.ones(shape, np.float32), "ones"))
+    m.graph.node[-1].CopyFrom(helper.make_node("Concat", ["r", "ones"], ["y"], axis=axis))
+    del m.graph.output[0].type.tensor_type.shape.dim[:]
+    if b0 > 1:
+        with pytest.raises(OnnxrepError, match=f"holds the batch {b0} in a constant"):
+            make_dynamic_batch(m)
+        return
+    dyn, info = make_dynamic_batch(m)
+    onnx.checker.check_model(dyn, full_check=True)
+    assert any("follows the batch" in r for r in info["rewritten"]), info
+    result = check_batches(dyn, _feeds(m))
+    assert result["ok"], result["line"]
+    x = np.random.default_rng(0).random((3, 3, hw, hw), dtype=np.float32)
+    y = _session(dyn).run(None, {"x": x})[0]
+    want = [3, c + 2, hw * hw] if axis == 1 else [3, c, hw * hw + 2]
+    assert list(y.shape) == want and np.all(y[:, c:] == 1 if axis == 1 else y[..., hw * hw:] == 1)
+
+
 @pytest.mark.parametrize("name", ["yolov9-t", "gelan-t"])
 def test_official_exports_become_dynamic(name):
     m = models.build(name, exporter="official", imgsz=160)

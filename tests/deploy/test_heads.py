@@ -28,7 +28,7 @@ def _c(name, value, inits):
 
 def head_model(kind: str, coding: str = "xyxy", nc: int = 3, anchors: int = 24, boxes_first: bool = True,
                scores_first: bool = True, opset: int = 17, obj: str = "ones", score_op: str = "Sigmoid",
-               neg: bool = True) -> onnx.ModelProto:
+               neg: bool | str = True, batch="B") -> onnx.ModelProto:
     """A decoder over x [B, 4+nc, A] (distances, then class logits), as the families write it:
     kind "v6": Concat(-1)(boxes*strides [B, A, 4], objectness [B, A, 1], Sigmoid(cls)^T [B, A, nc]);
     kind "split": outputs boxes ([B, A, 4] or [B, 4, A]) and scores ([B, A, nc] or [B, nc, A])."""
@@ -36,20 +36,35 @@ def head_model(kind: str, coding: str = "xyxy", nc: int = 3, anchors: int = 24, 
     inits, nodes = [], []
     n = lambda op, ins, outs, **kw: nodes.append(helper.make_node(op, ins, outs, **kw))  # noqa: E731
     axes = _c("ax1", np.array([1], np.int64), inits)
-    n("Slice", ["x", _c("s0", np.array([0], np.int64), inits), _c("e4", np.array([4], np.int64), inits), axes], ["dist"])
-    n("Slice", ["x", _c("s4", np.array([4], np.int64), inits), _c("eN", np.array([4 + nc], np.int64), inits), axes],
+    if batch != "B":   # a static export: the batch baked into a Reshape target (what --dynamic-batch rewrites)
+        n("Reshape", ["x", _c("target", np.array([batch, 4 + nc, anchors], np.int64), inits)], ["xr"])
+    else:
+        n("Identity", ["x"], ["xr"])
+    n("Slice", ["xr", _c("s0", np.array([0], np.int64), inits), _c("e4", np.array([4], np.int64), inits), axes], ["dist"])
+    n("Slice", ["xr", _c("s4", np.array([4], np.int64), inits), _c("eN", np.array([4 + nc], np.int64), inits), axes],
       ["logits"])
     n("Transpose", ["dist"], ["dist_t"], perm=[0, 2, 1])                                    # [B, A, 4]
     n("Exp", ["dist_t"], ["d"])
     n("Split", ["d", _c("sp", np.array([2, 2], np.int64), inits)], ["lt", "rb"], axis=2)
     points = _c("points", (rng.random((anchors, 2)) * 20).astype(np.float32), inits)
-    if neg:
+    if neg == "mul":   # paddle2onnx's -lt: Mul by -1
+        n("Mul", ["lt", _c("minus1", np.float32(-1), inits)], ["nlt"])
+        n("Add", ["nlt", points], ["x1y1"])
+    elif neg:
         n("Neg", ["lt"], ["nlt"])
         n("Add", ["nlt", points], ["x1y1"])
     else:
         n("Sub", [points, "lt"], ["x1y1"])
     n("Add", ["rb", points], ["x2y2"])
-    if coding == "xyxy":
+    if neg == "four":   # YOLO-NAS: each corner coordinate apart, Unsqueeze(anchor_x - Gather(d, 0)) ...
+        px = _c("px", (rng.random(anchors) * 20).astype(np.float32), inits)
+        py = _c("py", (rng.random(anchors) * 20).astype(np.float32), inits)
+        for k, (op, p) in enumerate([("Sub", px), ("Sub", py), ("Add", px), ("Add", py)]):
+            n("Gather", ["d", _c(f"i{k}", np.int64(k), inits)], [f"g{k}"], axis=2)
+            n(op, [p, f"g{k}"] if op == "Sub" else [f"g{k}", p], [f"c{k}"])
+            n("Unsqueeze", [f"c{k}", _c(f"u{k}", np.array([2], np.int64), inits)], [f"cu{k}"])
+        n("Concat", [f"cu{k}" for k in range(4)], ["dec"], axis=-1)
+    elif coding == "xyxy":
         n("Concat", ["x1y1", "x2y2"], ["dec"], axis=-1)
     else:
         n("Add", ["x1y1", "x2y2"], ["sum"])
@@ -61,12 +76,17 @@ def head_model(kind: str, coding: str = "xyxy", nc: int = 3, anchors: int = 24, 
     n("Mul", ["dec", _c("strides", strides, inits)], ["boxes_af"])                           # [B, A, 4]
     n(score_op, ["logits"], ["cls"])                                                        # [B, nc, A]
     n("Transpose", ["cls"], ["cls_af"], perm=[0, 2, 1])                                     # [B, A, nc]
-    if kind == "v6":
+    if kind == "pp":   # PP-YOLOE without NMS: boxes and scores on the last axis, no objectness
+        n("Concat", ["boxes_af", "cls_af"], ["y"], axis=-1)
+        outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", anchors, 4 + nc])]
+    elif kind == "v6":
         n("Shape", ["boxes_af"], ["shp"])
         n("Slice", ["shp", _c("z", np.array([0], np.int64), inits), _c("two_i", np.array([2], np.int64), inits)],
           ["ba"])
         n("Concat", ["ba", _c("one_i", np.array([1], np.int64), inits)], ["oshape"], axis=0)
-        if obj == "ones":
+        if obj == "const":   # the static export's ones [1, A, 1]: a constant
+            n("Identity", [_c("ones", np.ones((1, anchors, 1), np.float32), inits)], ["objness"])
+        elif obj == "ones":
             n("ConstantOfShape", ["oshape"], ["objness"], value=numpy_helper.from_array(np.array([1], np.float32)))
         else:   # a constant 0.5: not YOLOv6's 1, not a Sigmoid
             n("ConstantOfShape", ["oshape"], ["objness"], value=numpy_helper.from_array(np.array([0.5], np.float32)))
@@ -81,7 +101,13 @@ def head_model(kind: str, coding: str = "xyxy", nc: int = 3, anchors: int = 24, 
           **({} if not scores_first else {"perm": [0, 2, 1]}))
         outs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["B", anchors, 4] if boxes_first else ["B", 4, anchors]),
                 helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", anchors, nc] if scores_first else ["B", nc, anchors])]
-    g = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4 + nc, anchors])],
+    for o in outs:
+        o.type.tensor_type.shape.dim[0].Clear()
+        if batch == "B":
+            o.type.tensor_type.shape.dim[0].dim_param = "B"
+        else:
+            o.type.tensor_type.shape.dim[0].dim_value = batch
+    g = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4 + nc, anchors])],
                           outs, inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(m, full_check=True)
@@ -109,19 +135,35 @@ def test_yolov6_head_is_anchors_first_with_objectness(coding):
     assert (h.layout, h.box_coding, h.nc, h.strides) == ("anchors-first-obj", coding, 3, [8, 16, 32])
 
 
+def test_ppyoloe_head_is_anchors_first():
+    [h], _ = find_heads(head_model("pp", "xyxy", nc=5))
+    assert (h.layout, h.box_coding, h.nc) == ("anchors-first", "xyxy", 5)
+    with pytest.raises(OnnxrepError, match=r"\[B, A, 4\+nc\] \(anchors first\)"):
+        apply(head_model("pp"), DeployOptions(output_layout="split"))
+
+
 def test_a_constant_objectness_other_than_one_is_not_yolov6s():
     heads, reasons = find_heads(head_model("v6", obj="half"))
     assert not heads and "objectness" in reasons["y"]
 
 
 @pytest.mark.parametrize("boxes_first,scores_first", [(True, True), (True, False), (False, True), (False, False)])
-@pytest.mark.parametrize("coding,neg", [("xyxy", True), ("xyxy", False), ("xywh", True)])
+@pytest.mark.parametrize("coding,neg", [("xyxy", True), ("xyxy", False), ("xyxy", "mul"), ("xyxy", "four"),
+                                       ("xywh", True)])
 def test_split_heads_are_recognised_in_every_orientation(boxes_first, scores_first, coding, neg):
     m = head_model("split", coding, boxes_first=boxes_first, scores_first=scores_first, neg=neg)
     [h], reasons = find_heads(m)
     assert not reasons
     assert (h.layout, h.output, h.scores, h.nc, h.anchors, h.box_coding) == ("split", "boxes", "scores", 3, 24, coding)
     assert (h.boxes_first, h.scores_first) == (boxes_first, scores_first)
+
+
+def test_four_coordinates_in_another_order_are_not_corners():
+    m = head_model("split", "xyxy", neg="four")
+    concat = next(n for n in m.graph.node if n.output[0] == "dec")
+    concat.input[:] = [concat.input[2], concat.input[3], concat.input[0], concat.input[1]]   # x2, y2, x1, y1
+    heads, reasons = find_heads(m)
+    assert not heads and "four box coordinates" in " ".join(reasons.values())
 
 
 def test_scores_that_are_not_a_sigmoid_make_no_split_head():
@@ -131,13 +173,15 @@ def test_scores_that_are_not_a_sigmoid_make_no_split_head():
         apply(head_model("split", score_op="Relu"), DeployOptions(nms="ort"))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["v6", "split"]), coding=st.sampled_from(["xyxy", "xywh"]), nc=st.integers(1, 5),
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["v6", "pp", "split"]), coding=st.sampled_from(["xyxy", "xywh"]), nc=st.integers(1, 5),
        anchors=st.integers(8, 60), boxes_first=st.booleans(), scores_first=st.booleans(),
-       opset=st.sampled_from([13, 17, 18]), nms=st.sampled_from(["ort", "trt"]), multi=st.booleans())
+       opset=st.sampled_from([13, 17, 18]), nms=st.sampled_from(["ort", "trt"]), multi=st.booleans(),
+       neg=st.sampled_from([True, False, "mul", "four"]))
 def test_nms_on_generated_heads_equals_the_reference(kind, coding, nc, anchors, boxes_first, scores_first, opset,
-                                                      nms, multi):
-    m = head_model(kind, coding, nc, anchors, boxes_first, scores_first, opset)
+                                                      nms, multi, neg):
+    coding = "xyxy" if neg == "four" else coding
+    m = head_model(kind, coding, nc, anchors, boxes_first, scores_first, opset, neg=neg)
     feeds = _feeds(nc, anchors)
     d = apply(m, DeployOptions(nms=nms, conf=0.3, max_det=20, multi_label=multi))
     onnx.checker.check_model(d.model, full_check=nms == "ort")
@@ -146,8 +190,8 @@ def test_nms_on_generated_heads_equals_the_reference(kind, coding, nc, anchors, 
     if nms == "ort":   # and by hand: the reference NMS of the head's numbers, rebuilt here from the outputs
         got = _run(d.model, feeds[0])
         out = _run(m, feeds[0])
-        if kind == "v6":
-            y, layout = out["y"], "anchors-first-obj"
+        if kind in ("v6", "pp"):
+            y, layout = out["y"], "anchors-first-obj" if kind == "v6" else "anchors-first"
         else:
             b = out["boxes"] if not boxes_first else out["boxes"].transpose(0, 2, 1)
             s = out["scores"] if not scores_first else out["scores"].transpose(0, 2, 1)
@@ -183,3 +227,20 @@ def test_output_layout_on_a_split_head():
     got = _run(d.model, feeds[0])
     [y] = got.values()
     np.testing.assert_array_equal(y, np.concatenate([out["boxes"], out["scores"]], axis=2))
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_a_static_yolov6_export_made_dynamic_keeps_its_head(opset):
+    """--dynamic-batch on a static YOLOv6 export: the objectness constant [1, A, 1] is expanded to the batch
+    (deploy/batch.py) and the head is still recognised, at opset 13 too (where ONNX's shape inference can't
+    see through the batch read at run time), and its NMS proven at batch 2."""
+    from onnxrep.deploy.batch import make_dynamic_batch
+
+    m = head_model("v6", "xywh", nc=3, anchors=24, obj="const", batch=1, opset=opset)
+    dyn, info = make_dynamic_batch(m)
+    [h], reasons = find_heads(dyn)
+    assert (h.layout, h.nc) == ("anchors-first-obj", 3), reasons
+    feeds = _feeds(3, 24, batch=2)
+    d = apply(dyn, DeployOptions(nms="ort", conf=0.3))
+    [c] = check(d, feeds, values=[_run(dyn, f) for f in feeds])
+    assert c["ok"], c["line"]

@@ -21,7 +21,7 @@ import pytest
 
 import onnxrep
 from onnxrep.report import count_macs
-from tests.real.conftest import forms_of, selected_models
+from tests.real.conftest import FAMILIES, forms_of, selected_models
 
 pytestmark = pytest.mark.real
 
@@ -110,7 +110,7 @@ def test_default_optimize_gives_the_deploy_form(real_export, model, form, tmp_pa
     assert result.report.after.macs == count_macs(deploy) > 0
 
 
-@pytest.mark.parametrize("model", selected_models())
+@pytest.mark.parametrize("model", [m for m in selected_models() if {"torchscript", "dynamo-raw"} <= set(forms_of(m))])
 def test_macs_do_not_depend_on_the_exporter(real_export, model):
     """TorchScript writes Constant nodes and shape arithmetic; dynamo-raw writes neither: same MACs."""
     ex = real_export(model)
@@ -139,7 +139,10 @@ def test_float16_conversion_of_real_exports(real_export, model, form):
     assert (0.45 <= ratio <= 0.55) if not by_range else ratio < 0.8, (ratio, len(by_range))
     for agree in result.verification.agreements.values():
         assert agree["matched"] >= 20, agree["line"]
-    if not model.startswith(("v7", "yolov7", "repvgg", "mobileone", "repvit", "repghost")):   # a YOLOv9/GELAN DFL head
+    if model in FAMILIES:   # a recognised head has its detections compared; a DFL head keeps its Softmax float32
+        assert bool(result.verification.agreements) == (model not in NO_HEAD), result.report.text()
+        assert any(r.startswith("Softmax") for r in kept) == (model not in NO_HEAD | {"yolov6n", "yolov6s"})
+    elif not model.startswith(("v7", "yolov7", "repvgg", "mobileone", "repvit", "repghost")):   # a YOLOv9/GELAN DFL head
         assert result.verification.agreements
         assert any(r.startswith("Softmax") for r in kept)
 
@@ -169,3 +172,43 @@ def test_deployment_adapters_on_real_exports(real_export, model, form):
         if "input_format" in options:   # into the first Conv; yolov7-w6 starts with ReOrg (Slices): spelled out
             i = result.report.deploy["input"]
             assert (not i["folded"] and "Slice" in i["explicit"][0]) if model == "yolov7-w6" else i["folded"], i
+
+
+# ------------------------------------------------------------------ other libraries' detectors (issue 27)
+
+NO_HEAD = {"rtdetr-l"}   # NMS-free: RT-DETR's export ends in its top-k detections [B, 300, 6], not a YOLO head
+HEAD_LAYOUT = {"yolov8n": "anchors-last", "yolo11n": "anchors-last", "yolov6n": "anchors-first-obj",
+               "yolov6s": "anchors-first-obj", "yolonas-s": "split", "yolonas-m": "split",
+               "ppyoloe-s": "anchors-first"}
+FAMILY_CASES = [(m, f) for m, f in CASES if m in FAMILIES and m not in NO_HEAD]
+
+
+def _static_batch(path) -> bool:
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.HasField("dim_value")
+
+
+@pytest.mark.parametrize("model,form", FAMILY_CASES)
+def test_deployment_adapters_on_family_exports(real_export, model, form):
+    """Each family's head is recognised after the default optimize (its layout: ultralytics [B, 4+nc, A],
+    YOLOv6 [B, A, 5+nc] with a constant objectness, YOLO-NAS boxes + scores apart, PP-YOLOE [B, A, 4+nc]) and
+    every adapter that applies to it is proven: NMS ort (best class) and trt (multi-label), NMS ort multi-label
+    with uint8 input and, on a static export, a dynamic batch; the anchors-first layout where the head is
+    not anchors-first already."""
+    from onnxrep.deploy.head import find_heads
+
+    ex = real_export(model)
+    heads, reasons = find_heads(onnxrep.optimize(ex.path(form), verify=False).model)
+    assert [h.layout for h in heads] == [HEAD_LAYOUT[model]], reasons
+    runs = [dict(nms="ort"), dict(nms="trt", multi_label=True),
+            dict(nms="ort", multi_label=True, input_format="uint8-nchw", dynamic_batch=_static_batch(ex.path(form)))]
+    if not HEAD_LAYOUT[model].startswith("anchors-first"):
+        runs.append(dict(output_layout="anchors-first"))
+    for options in runs:
+        result = onnxrep.optimize(ex.path(form), **options)
+        assert result.ok, (options, result.report.text())
+        checks = result.verification.deploy
+        assert checks and all(c["ok"] for c in checks), [c["line"] for c in checks]
+        if "nms" in options:
+            assert [o.name for o in result.model.graph.output][:4] == ["num_dets", "det_boxes", "det_scores",
+                                                                        "det_classes"]
