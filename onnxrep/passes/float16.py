@@ -10,7 +10,8 @@ passes, once the graph is final. Decided node by node, in topological order:
   * it stays float32, with the reason listed in the report, when:
       - it is a Softmax or anything computed from one (YOLO's DFL expectation and the box decode
         ``(anchor -/+ distance) * stride``, whose terms reach hundreds of pixels: float16's step at 512 is
-        0.5 px), or an op that accumulates in its own type (Reduce*, Softmax, LogSoftmax, the norms);
+        0.5 px) up to an attention product (a MatMul/Conv weighting another activation by it: YOLO11's
+        C2PSA), or an op that accumulates in its own type (Reduce*, Softmax, LogSoftmax, the norms);
       - a value it computes, measured on the verification inputs with the float32 model, reaches 32768
         (float16's largest is 65504) or is non-zero but everywhere below 2^-14 (float16's smallest normal);
       - one of its weights would overflow float16;
@@ -49,6 +50,20 @@ F16_MAX, F16_TINY = 65504.0, 2.0 ** -14
 RANGE_LIMIT = 32768.0
 EXACT_MIN_ELEMENTS = 1024            # below this a stored-in-float16 table saves less than its Cast costs
 EXACT_READERS = {"Add", "Sub", "Mul", "Div"}
+MIXERS = {"MatMul", "Gemm", "Conv", "Einsum"}
+
+
+def _mixes_activations(node: gs.Node, after_softmax: set) -> bool:
+    """An attention product: a MatMul-like op weighting another activation by the Softmax (YOLO11's C2PSA,
+    RT-DETR's attention). Its result is in the activations' range, so what follows is not a DFL expectation
+    (a Softmax times a constant projection) and the Softmax's float32 rule stops there."""
+    def activation(t) -> bool:
+        made_by = producer(t)
+        return bool(t.name) and not isinstance(t, gs.Constant) and not (made_by is not None and made_by.op == "Constant")
+
+    return node.op in MIXERS and any(activation(t) and id(t) not in after_softmax for t in node.inputs)
+
+
 ACCUMULATING = {"Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceLogSum",
                 "ReduceLogSumExp", "ReduceSumSquare", "ReduceProd", "LayerNormalization", "GroupNormalization",
                 "InstanceNormalization", "LpNormalization", "MeanVarianceNormalization", "CumSum"}
@@ -175,7 +190,8 @@ class ToFloat16:
             if reason is None and not _computes16(node, sig, is_float):
                 reason = "its type can't be float16" if sig is not None else "no schema"
             if reason is not None:
-                if node.op in ("Softmax", "LogSoftmax") or any(id(t) in after_softmax for t in node.inputs):
+                if node.op in ("Softmax", "LogSoftmax") or (any(id(t) in after_softmax for t in node.inputs)
+                                                           and not _mixes_activations(node, after_softmax)):
                     after_softmax.update(id(o) for o in node.outputs if node.op not in ("Shape", "Size"))
                 label = node.name or node.op
                 kept.setdefault(reason, []).append(f"{label} ({self._peaks[node.name]:.3g})"
@@ -241,7 +257,7 @@ class ToFloat16:
             return "Softmax (DFL): its expectation and the box decode after it stay float32"
         if node.op in ACCUMULATING:
             return f"{node.op} accumulates in its own type"
-        if any(id(t) in after_softmax for t in node.inputs):
+        if any(id(t) in after_softmax for t in node.inputs) and not _mixes_activations(node, after_softmax):
             return "computed from a Softmax (DFL expectation, box decode: terms of hundreds of pixels)"
         if node.op == "Cast":
             return "a Cast of the model's own"

@@ -562,3 +562,31 @@ def test_ranges_that_could_not_be_measured_are_reported(monkeypatch):
     assert peaks == {} and "no kernel for this op" in why
     result = onnxrep.optimize(conv_bn(), precision="fp16", verify=False)
     assert "float16 range rules off: the float32 model could not be run" in result.report.text()
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_an_attention_softmax_does_not_keep_the_rest_of_the_network_float32(attention):
+    """YOLO11's C2PSA: Softmax(q k) weights v (another activation) in a MatMul: what follows is an ordinary
+    activation and goes float16 (the Softmax itself stays float32). A DFL Softmax times a constant projection
+    keeps its tail float32, and so does a Softmax times a constant in MatMul form."""
+    rng = np.random.default_rng(7)
+    a, ia = _conv("a", "x", "ya", 4, rng)                                           # [1, 4, 6, 6]
+    nodes = [a, helper.make_node("Reshape", ["ya", "shape"], ["v"], name="flat"),   # [1, 4, 36]
+             helper.make_node("Softmax", ["v"], ["p"], name="soft", axis=-1)]
+    inits = ia + [init("shape", np.array([1, 4, 36], np.int64))]
+    if attention:
+        nodes.append(helper.make_node("MatMul", ["v", "pt"], ["mix"], name="mix"))   # v [1,4,36] x p^T [1,36,4]
+        nodes.insert(3, helper.make_node("Transpose", ["p"], ["pt"], name="pt", perm=[0, 2, 1]))
+    else:
+        inits.append(init("proj", rng.normal(size=(36, 4)).astype(np.float32)))
+        nodes.append(helper.make_node("MatMul", ["p", "proj"], ["mix"], name="mix"))
+    nodes.append(helper.make_node("Add", ["mix", "bias"], ["out"], name="after"))
+    inits.append(init("bias", np.ones((1, 1, 4), np.float32)))
+    model = make_model(nodes, [vi("x", shape=[1, 4, 6, 6])], [vi("out")], inits)
+    result = _half(model)
+    _valid(result.model)
+    kept = {n.split(" (")[0] for nodes_ in result.report.passes["to_float16"]["float16"]["kept_nodes"].values()
+            for n in nodes_}
+    assert "soft" in kept
+    assert ("after" in kept) == (not attention) and ("mix" in kept) == (not attention), kept
+    assert result.ok, result.verification.lines()
