@@ -29,20 +29,33 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -n $(JOBS) -m "slow or not slow"
 
-# The real-exporter tier: models built by their own PyTorch code (official YOLOv9 and YOLOv7, timm), exported
-# by PyTorch's exporters, optimized with defaults. REAL=quick (yolov9-t, gelan-t, four timm families, two
-# small YOLOv7s; the CI set) or REAL=all (adds yolov9-s/m/c/e, the official YOLOv7 configurations and the two
-# models trained on synthetic shapes for the float16 test: about an hour of training on 2 cores the first
-# time), or a list. Exports are cached in out/real-exports/, trained models in out/trained/.
+# The real-exporter tier: models built by their own code (official YOLOv9 and YOLOv7, timm, and the families
+# of tests/real/families: ultralytics YOLOv8/YOLO11/RT-DETR, YOLOv6, YOLO-NAS, PP-YOLOE+), exported by their
+# exporters, optimized with defaults. REAL=quick (yolov9-t, gelan-t, four timm families, two small YOLOv7s,
+# yolov8n, yolov6n, yolonas-s; the CI set) or REAL=all (adds yolov9-s/m/c/e, the official YOLOv7
+# configurations, yolo11n, rtdetr-l, yolov6s, yolonas-m, ppyoloe-s (PaddlePaddle, installed only then) and
+# the two models trained on synthetic shapes for the float16 test: about an hour of training on 2 cores the
+# first time), or a list. Exports are cached in out/real-exports/, trained models in out/trained/.
 REAL ?= all
+PADDLE := $(if $(filter all,$(REAL))$(findstring ppyoloe,$(REAL)),$(VENV)/.installed-paddle,)
 install-real: $(VENV)/.installed-real
 
+# yolov9pip, yolov7-package, yolov6detect and modern-yolonas with --no-deps: their declared dependencies
+# (a CUDA torchvision, tensorboard, lightning, pinned numpy...) are not needed to build or export a model
+# (tests/real/stubs.py stands in for what they import)
 $(VENV)/.installed-real: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,real]'
-	$(PY) -m pip install -q --no-deps yolov9pip yolov7-package
+	$(PY) -m pip install -q --no-deps yolov9pip yolov7-package yolov6detect==0.4.1 modern-yolonas==0.5.0
 	touch $@
 
-test-real: install-real
+# PP-YOLOE+: PaddlePaddle, PaddleDetection (its pins, numpy<1.24 and opencv<=4.6, are not met: the family
+# module imports only its model code) and paddle2onnx (pins onnx<=1.17; works with ours)
+$(VENV)/.installed-paddle: $(VENV)/.installed-real
+	$(PY) -m pip install -q paddlepaddle==3.3.1
+	$(PY) -m pip install -q --no-deps paddledet==2.6.0 paddle2onnx==2.1.0 onnxoptimizer polygraphy
+	touch $@
+
+test-real: install-real $(PADDLE)
 	ONNXREP_REAL_MODELS=$(REAL) $(PY) -m pytest -q -m real tests/real
 
 lint: install

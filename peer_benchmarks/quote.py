@@ -258,7 +258,49 @@ def test_time() -> str:
             f"`peer_benchmarks/results/test_time.json`).\n")
 
 
+def _counts(c) -> str:
+    return f"{c[0]}/{c[1]:,}" + (f" +{c[2]} BN" if c[2] else "")
+
+
+def families() -> str:
+    """Other libraries' detectors in the real tier: results/families.json (`--record-families`)."""
+    d = _load("families.json")
+    if d is None:
+        return _missing("families.json", "make test-real REAL=<the family models> && python peer_benchmarks/quote.py "
+                                         "--record-families")
+    lines = ["| model | form | before: Conv/params | after `onnxrep optimize` | the family's deploy form | |",
+             "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        same = tuple(r["after"][:2]) == tuple(r["deploy"][:2]) and not r["after"][2]
+        lines.append(f"| {r['model']} | {r['form']} | {_counts(r['before'])} | {_counts(r['after'])} | "
+                     f"{_counts(r['deploy'])} | {'✓' if same else '✗'} |")
+    meta = d["meta"]
+    return "\n".join(lines) + "\n\n" + _source("families.json", meta["date"], meta["machine"], meta["command"])
+
+
+def record_families(root: Path) -> Path:
+    """The summaries test_real_exports.py wrote for the family models (tests/real/families) -> results/families.json."""
+    sys.path.insert(0, str(ROOT))
+    from tests.real import families as fam
+
+    rows = []
+    for model, (_, forms) in fam.registry().items():
+        for form in forms:
+            p = root / f"summary.{model}.{form}.json"
+            if p.exists():
+                s = json.loads(p.read_text())
+                rows.append({k: s[k] for k in ("model", "form", "before", "after", "deploy")})
+    d = {"meta": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": _machine(),
+                  "command": f"make test-real REAL={','.join(fam.registry())} && python peer_benchmarks/quote.py "
+                             f"--record-families"},
+         "rows": rows}
+    dst = RESULTS / "families.json"
+    dst.write_text(json.dumps(d, indent=1) + "\n")
+    return dst
+
+
 RENDER = {
+    "families": families,
     "peers": peers,
     "peers_summary": peers_summary,
     "float16": float16,
@@ -330,7 +372,13 @@ def main(argv=None) -> int:
                     metavar="FILE")
     ap.add_argument("--record-test-time", default=None, metavar="FILE")
     ap.add_argument("--jobs", default="auto")
+    ap.add_argument("--record-families", nargs="?", const="", default=None, metavar="DIR",
+                    help="collect the real tier's family summaries (default: out/real-exports/<torch version>/)")
     args = ap.parse_args(argv)
+    if args.record_families is not None:
+        root = Path(args.record_families) if args.record_families else \
+            next(iter(sorted((ROOT / "out" / "real-exports").glob("*"))), ROOT / "out" / "real-exports")
+        print(f"wrote {record_families(root)}")
     if args.import_calibration:
         print(f"wrote {import_calibration(Path(args.import_calibration))}")
     if args.record_test_time:

@@ -80,6 +80,8 @@ class Verification:
                     f"{o.used:.2f} of tolerance [{noise}, atol {o.atol:g}"
                     f"{f', rtol {o.rtol:g}' if o.rtol else ''}; {self.samples} sample{'s' * (self.samples != 1)}"
                     f"{f': {shapes}' if shapes else ''}]")
+            if o.note:
+                text += f" ({o.note})"
             if not o.ok and o.message:
                 text += f"  {o.message}"
             out.append(text)
@@ -160,7 +162,8 @@ NOISE_SAMPLES = None
 
 
 def reference(original, *, outputs: list[str] | None = None, samples: int = 2, seed: int = 0,
-              shapes: dict | None = None, feeds: list[dict] | None = None, as_float16: bool = False) -> Reference:
+              shapes: dict | None = None, feeds: list[dict] | None = None, as_float16: bool = False,
+              selected: set | frozenset = frozenset()) -> Reference:
     """Run the original, cut to the cone of `outputs` (default: all of them), on the verification inputs,
     then its noisy twin (verify/noise.py) on NOISE_SAMPLES of them. One session at a time; the
     ModelProto is borrowed, never changed."""
@@ -180,12 +183,13 @@ def reference(original, *, outputs: list[str] | None = None, samples: int = 2, s
         except Exception as exc:  # noqa: BLE001
             return Reference(outputs, feeds, [], [], False, f"onnxruntime failed to run the original ({_short(exc)})")
     del sess
-    noisy, error = _noisy_runs(original, outputs, feeds[:NOISE_SAMPLES], clean, seed + 1, as_float16)
+    noisy, error = _noisy_runs(original, outputs, feeds[:NOISE_SAMPLES], clean, seed + 1, as_float16, selected)
     return Reference(outputs, feeds, clean, noisy, not error, noise_error=error, as_float16=as_float16)
 
 
-def _noisy_runs(original, outputs, feeds, clean, seed, as_float16) -> tuple[list[dict], str]:
-    """The twin's outputs per feed ([], why) when it can't run or measure."""
+def _noisy_runs(original, outputs, feeds, clean, seed, as_float16, selected=frozenset()) -> tuple[list[dict], str]:
+    """The twin's outputs per feed ([], why) when it can't run or measure. `selected` outputs (chosen through a
+    TopK/ArgMax/NMS index: verify/selection.py) may jump: a near-tie swapped."""
     twin = Perturbation(original, seed, as_float16)
     try:
         sess = session(original, outputs, transform=twin)
@@ -200,7 +204,7 @@ def _noisy_runs(original, outputs, feeds, clean, seed, as_float16) -> tuple[list
     if not as_float16:   # one step of float32 rounding moves even a chaotic random-weight network's outputs by
         # a few percent of their range at most (yolov9-e at 640: 1.5 %, as PyTorch and onnxruntime differ); a
         # quarter of it is a jump (an index moved), not rounding
-        jumped = [o for o in outputs if any(_jump(c[o], n[o]) for n, c in zip(noisy, clean))]
+        jumped = [o for o in outputs if o not in selected and any(_jump(c[o], n[o]) for n, c in zip(noisy, clean))]
         if jumped:
             return [], (f"the perturbed twin's {', '.join(jumped)} jumped (more than {JUMP:g} of the output's range: "
                         f"exact arithmetic the twin should not have moved)")
@@ -304,23 +308,35 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     batch (their `batched` inputs concatenated on axis 0, the others the first's), each item compared with
     the original's own result for its sample; the proof of the batch is added to `deploy`.
     """
+    from onnxrep.verify.selection import scored_inputs, selected_tensors
+
     renamed = dict(renamed or {})
     pairs, missing, unexpected, not_compared = plan(original, optimized, renamed, dropped, strict_outputs)
     if not pairs:
         return Verification(ran=True, ok=False, missing=missing, unexpected=unexpected,
                             skipped_reason="no output of the original is in the optimized model")
+    reached = selected_tensors(_as_model(original, structure=True))
+    selected = reached & {a for a, _ in pairs}
+    scored = {}   # the floats a selection chose by, compared like outputs (verify/selection.py)
+    if selected and not stack:
+        scored = {(a, b): what for a, b, what in scored_inputs(_as_model(original, structure=True),
+                                                               _as_model(optimized, structure=True))}
+        if ref is not None:
+            scored = {k: v for k, v in scored.items() if k[0] in ref.outputs}
     if ref is not None:
         lacking = [a for a, _ in pairs if a not in ref.outputs]
         if lacking or ref.as_float16 != (precision == "fp16"):
             raise ValueError(f"verify(ref=...): the reference lacks {lacking}" if lacking else
                              f"verify(ref=...): a reference measured at {'float16' if ref.as_float16 else 'its own'} "
                              f"step for precision {precision!r}")
-    ref = ref or reference(original, outputs=[a for a, _ in pairs], samples=samples, seed=seed, shapes=shapes,
-                           feeds=feeds, as_float16=precision == "fp16")
+    compared = pairs + [k for k in scored if k not in pairs]
+    selected = reached & {a for a, _ in compared}
+    ref = ref or reference(original, outputs=[a for a, _ in compared], samples=samples, seed=seed, shapes=shapes,
+                           feeds=feeds, as_float16=precision == "fp16", selected=selected)
     if not ref.ran:
         return Verification(ran=False, ok=False, skipped_reason=ref.skipped_reason)
     runs, batched = stack or ([[k] for k in range(len(ref.feeds))], set())
-    names = [b for _, b in pairs]
+    names = [b for _, b in compared]
     try:
         outs = run_outputs(optimized, [_stacked(ref.feeds, run, batched) for run in runs], names)
     except Exception as exc:  # noqa: BLE001 -- the original runs but ours does not: a failure, not a skip
@@ -328,8 +344,10 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     pieces, problems = _pieces(runs, outs, ref.feeds, batched, names)   # (sample, its outputs), one per item
     gots = [next(got for k, got in pieces if k == i) for i in range(len(ref.feeds)) if any(k == i for k, _ in pieces)]
     checks, levels = [], {}
-    for a, b in pairs:
+    for a, b in compared:
         level = levels[b] = ref.level(a, precision)
+        if a in selected and level:   # chosen through an index: one level for the whole output
+            level = {None: np.array([max(float(np.max(v, initial=0.0)) for v in level.values())])}
         worst = None
         for k, got in pieces:
             clean = ref.clean[k]
@@ -340,6 +358,8 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
             c = compare(b if a == b else f"{a} -> {b}", want, have, level, rtol=rtol, atol=atol,
                         factor=noise_factor if noise_factor is not None or precision != "fp16" else NOISE_FACTOR_FP16)
             c.noise_measured = ref.noise_measured and all(a in n for n in ref.noisy)
+            c.note = (scored[(a, b)] if (a, b) in scored else
+                      "chosen through a selection's index: compared at its whole-output noise level" if a in selected else "")
             if worst is None or (worst.ok and not c.ok) or (worst.ok == c.ok and c.used > worst.used):
                 worst = c
         checks.append(worst)

@@ -73,6 +73,11 @@ DISCRETE_INPUTS = {"Floor": (0,), "Ceil": (0,), "Round": (0,), "Gather": (1,), "
                    "Range": (0, 1, 2), "ConstantOfShape": (0,), "TopK": (1,), "OneHot": (1,), "Pad": (1,),
                    "Squeeze": (1,), "Unsqueeze": (1,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,),
                    "ReduceMin": (1,), "Split": (1,), "NonMaxSuppression": (2,)}
+# Selections: an index chosen by comparing floats (TopK, ArgMax, NMS). The floats compared are not exact
+# arithmetic but scores a rewrite re-rounds, so the walk from a discrete use stops there, continuing only into
+# the selection's own discrete inputs (TopK's k, NMS's limits): RT-DETR's whole network feeds its query
+# selection's TopK, and a twin that moved none of it measured nothing (verify/selection.py).
+SELECTIONS = {"TopK": (1,), "ArgMax": (), "ArgMin": (), "NonMaxSuppression": (2, 3, 4)}
 _INTEGER = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
             TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL}
 
@@ -95,7 +100,9 @@ def exact(graph: onnx.GraphProto) -> set[str]:
             continue
         out.add(name)
         node = producers.get(name)
-        if node is not None and node.op_type not in ("Shape", "Size"):   # those read a shape, not values
+        if node is not None and node.op_type in SELECTIONS and node.domain in ("", "ai.onnx"):
+            todo += [node.input[k] for k in SELECTIONS[node.op_type] if k < len(node.input) and node.input[k]]
+        elif node is not None and node.op_type not in ("Shape", "Size"):   # those read a shape, not values
             todo += list(_reads(node))
     return out
 

@@ -17,7 +17,8 @@ head, found along its last axis), never below what the twin showed. The pooled t
 the relative noise over the slices j' ~ j of like magnitude (scale within 10x, on a grid of 1/16 decade:
 class rows pool with class rows, box rows with box rows), keeps a slice whose noise happened to be small in
 these samples from getting a tolerance far below its neighbours' (the maximum of a few thousand
-heavy-tailed errors varies 10-50x between draws of the noise); a slice of fewer than 256 elements over all
+heavy-tailed errors varies 10-50x between draws of the noise), and a slice with fewer than 3 like slices
+(itself included) pools with every slice of its axis; a slice of fewer than 256 elements over all
 samples (an anchor's 4 + nc values) pools at the 99th percentile instead, since its own maximum is a
 handful of draws (at the 90th, a quiet anchor's box failed honest rewrites of real exports at 1.2-1.4x its
 tolerance); the ulp term is one unit in the last place of the slice's magnitude. An axis whose length
@@ -50,6 +51,7 @@ UNMEASURED = {"float32": 2e-5, "float64": 1e-11, "float16": 1e-2, "bfloat16": 5e
 QUANTILE = 0.9
 LIKE = 10.0      # slices whose magnitudes are within this factor pool their relative noise
 GRID = 16        # ... measured on a grid of 1/GRID decade (a few hundred quantiles for any axis length)
+MIN_POOL = 3     # slices a pool needs; fewer: the quantile over every slice of the axis
 LARGE_SLICE = 256   # elements (over all samples) a slice needs for its pooled noise to be a 90th percentile
 SMALL_QUANTILE = 0.99   # ... below it, nearly the most its like slices show
 # dtype -> (unit in the last place relative to the magnitude, default atol). The atol only matters where a
@@ -106,12 +108,14 @@ class OutputCheck:
     channels: int = 1             # slices the levels were computed for, over all axes
     noise_measured: bool = True
     axis: int | None = None       # the axis whose level bounded the worst element
+    note: str = ""                # what the compared tensor is, when not simply an output (verify/selection.py)
 
 
 def _pooled(noise: np.ndarray, scale: np.ndarray, seen: np.ndarray, quantile: float = QUANTILE) -> np.ndarray:
     """Q90 of the relative noise over the slices of like magnitude (within LIKE, on the GRID), times scale.
     The relative noise of a slice is its noise over its magnitude on the samples the twin ran on (`seen`);
-    a slice that was all zeros there has none of its own, and one with no like slice takes the Q90 of all."""
+    a slice that was all zeros there has none of its own, and one with fewer than MIN_POOL like slices
+    (itself included) takes the Q90 of all."""
     pooled = np.zeros_like(scale)
     known = np.flatnonzero(seen > 0)
     live = np.flatnonzero(scale > 0)
@@ -125,7 +129,10 @@ def _pooled(noise: np.ndarray, scale: np.ndarray, seen: np.ndarray, quantile: fl
     cell = np.round(np.log10(scale[live]) * GRID).astype(np.int64)
     for c in np.unique(cell):
         lo, hi = np.searchsorted(cells, c - reach, "left"), np.searchsorted(cells, c + reach, "right")
-        q = float(np.quantile(rel[lo:hi], quantile)) if hi > lo else overall
+        # a pool of fewer than MIN_POOL slices is one or two draws, not a distribution: a lone sparse slice
+        # (a Relu channel with one live value, computed by cancellation from terms 30x larger) got K x its
+        # own near-zero noise and failed an honest rewrite at 1.9x; it takes the Q90 of all slices instead
+        q = float(np.quantile(rel[lo:hi], quantile)) if hi - lo >= MIN_POOL else overall
         members = live[cell == c]
         pooled[members] = q * scale[members]
     return pooled

@@ -1,0 +1,66 @@
+"""Outputs chosen by a selection, and the scores the selection chose by.
+
+A TopK, ArgMax/ArgMin or NonMaxSuppression turns floats into indices by comparing them. A correct rewrite
+re-rounds those floats by a step, which can swap two candidates whose scores were within a step: whatever
+is gathered through the index (RT-DETR's 300 query rows, an embedded NMS's boxes, a class index) then moves
+by a whole row, for the original's noisy twin as for an honest rewrite, at places neither can predict. Such
+an output is not a function element by element, so it is compared at its whole-output noise level (the most
+the twin moved any of its elements); what protects it is the comparison of what the selection chose by: each
+selection's float inputs (TopK's scores, NMS's boxes and scores), found in both models by the node's name,
+are compared like outputs, element by element, at their own noise levels.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxrep.verify.noise import SELECTIONS
+
+INDEX_OUTPUTS = {"TopK": (1,), "ArgMax": (0,), "ArgMin": (0,), "NonMaxSuppression": (0,)}
+SCORED_INPUTS = {"TopK": (0,), "ArgMax": (0,), "ArgMin": (0,), "NonMaxSuppression": (0, 1)}
+
+
+def _selections(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type in SELECTIONS and n.domain in ("", "ai.onnx")]
+
+
+def selected_tensors(model: onnx.ModelProto) -> set[str]:
+    """The tensors computed (in part) from a selection's index: top-level graph, through any op (a second
+    selection's scores gathered through a first one's index are among them: RT-DETR's decoder top-k)."""
+    reached = {n.output[k] for n in _selections(model) for k in INDEX_OUTPUTS[n.op_type]
+               if k < len(n.output) and n.output[k]}
+    if not reached:
+        return set()
+    for node in model.graph.node:   # the graph is topologically sorted (the checker requires it)
+        if any(i in reached for i in node.input):
+            reached.update(o for o in node.output if o)
+    return reached
+
+
+def scored_inputs(original: onnx.ModelProto, optimized: onnx.ModelProto) -> list[tuple[str, str, str]]:
+    """(tensor in the original, tensor in the optimized model, what it is) for each float input a selection
+    of the original chooses by, where the optimized model has the same selection: the same node name and op,
+    or, for unnamed nodes, the k-th selection of that op in both (the passes keep the nodes' order)."""
+    def keyed(model):
+        seen: dict[str, int] = {}
+        out = {}
+        for n in _selections(model):
+            k = seen[n.op_type] = seen.get(n.op_type, -1) + 1
+            out[(n.name, n.op_type) if n.name else ("#", n.op_type, k)] = n
+        return out
+
+    mine, theirs = keyed(original), keyed(optimized)
+    graph_outputs = {o.name for o in original.graph.output}
+    pairs = []
+    for key, node in mine.items():
+        other = theirs.get(key)
+        if other is None and key[0] == "#":   # the optimized model named its nodes: the k-th of the op there
+            same_op = [n for n in _selections(optimized) if n.op_type == node.op_type]
+            other = same_op[key[2]] if key[2] < len(same_op) and \
+                len(same_op) == sum(1 for n in _selections(original) if n.op_type == node.op_type) else None
+        if other is None:
+            continue
+        for k in SCORED_INPUTS[node.op_type]:
+            if k < len(node.input) and k < len(other.input) and node.input[k] and node.input[k] not in graph_outputs:
+                pairs.append((node.input[k], other.input[k], f"what {node.op_type} {node.name!r} selects by"))
+    return pairs
