@@ -56,7 +56,7 @@ class DetectionHead:
     strides: list[int]     # the decode's stride values (8, 16, 32), [] when they are not constants
     elem_type: int         # the output's element type (FLOAT, or FLOAT16 without keep_io_types)
     layout: str = "anchors-last"   # [B, 4+nc, A]; "anchors-first-obj": [B, A, 5+nc] (YOLOv7/v5, v6);
-    #                                "anchors-first": [B, A, 4+nc] (PP-YOLOE); "split" 
+    #                                "anchors-first": [B, A, 4+nc] (PP-YOLOE); "split" (two outputs)
     scores: str | None = None      # split: the scores output (`output` is the boxes)
     boxes_first: bool = True       # split: boxes [B, A, 4] (False: [B, 4, A])
     scores_first: bool = True      # split: scores [B, A, nc] (False: [B, nc, A])
