@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxrep.deploy.head import DetectionHead, join_split, the_head
+from onnxrep.deploy.head import DetectionHead, the_head
+from onnxrep.deploy.heads_other import join_split
 from onnxrep.deploy.layout import LAYOUTS, add_layout
 from onnxrep.deploy.metadata import deploy_metadata, set_metadata
 from onnxrep.deploy.nms import NmsSettings, add_nms
@@ -166,7 +167,7 @@ def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, at
 
 
 def _joined(values: dict, split: DetectionHead):
-    """numpy's join of a split head's outputs (what head.join_split computes in the graph)."""
+    """numpy's join of a split head's outputs (what heads_other.join_split computes in the graph)."""
     import numpy as np
 
     boxes, scores = np.asarray(values[split.output]), np.asarray(values[split.scores])
