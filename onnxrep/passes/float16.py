@@ -50,13 +50,14 @@ F16_MAX, F16_TINY = 65504.0, 2.0 ** -14
 RANGE_LIMIT = 32768.0
 EXACT_MIN_ELEMENTS = 1024            # below this a stored-in-float16 table saves less than its Cast costs
 EXACT_READERS = {"Add", "Sub", "Mul", "Div"}
-MIXERS = {"MatMul", "Gemm", "Conv", "Einsum"}
+MIXERS = {"MatMul", "Gemm", "Conv", "Einsum", "Mul"}
 
 
 def _mixes_activations(node: gs.Node, after_softmax: set) -> bool:
-    """An attention product: a MatMul-like op weighting another activation by the Softmax (YOLO11's C2PSA,
-    RT-DETR's attention). Its result is in the activations' range, so what follows is not a DFL expectation
-    (a Softmax times a constant projection) and the Softmax's float32 rule stops there."""
+    """An attention product: a MatMul-like op, or a Mul, weighting another activation by the Softmax (YOLO11's
+    C2PSA; RT-DETR's attention, whose deformable cross-attention multiplies the sampled values by it). Its
+    result is in the activations' range, so what follows is not a DFL expectation (a Softmax times a constant
+    projection) and the Softmax's float32 rule stops there."""
     def activation(t) -> bool:
         made_by = producer(t)
         return bool(t.name) and not isinstance(t, gs.Constant) and not (made_by is not None and made_by.op == "Constant")
@@ -254,7 +255,8 @@ class ToFloat16:
         if node.op in self.o.fp32_ops:
             return f"{node.op} named by --fp32-ops"
         if node.op in ("Softmax", "LogSoftmax"):
-            return "Softmax (DFL): its expectation and the box decode after it stay float32"
+            return ("Softmax (a DFL's, or attention's): it, and a DFL's expectation and box decode after it, stay "
+                    "float32")
         if node.op in ACCUMULATING:
             return f"{node.op} accumulates in its own type"
         if any(id(t) in after_softmax for t in node.inputs) and not _mixes_activations(node, after_softmax):

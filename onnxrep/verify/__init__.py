@@ -433,9 +433,12 @@ def _agreements(original, pairs, ref: Reference, gots: list[dict], settings: dic
     out = {}
     minimum = settings.get("min_agreement", 0.99)
     options = {k: v for k, v in settings.items() if k in ("conf", "iou", "max_det")}
+    from onnxrep.verify.selection import selected_tensors
+
     layouts = settings.get("heads")
-    if layouts is None:
-        layouts = head_layouts(_as_model(original), {a: np.shape(ref.clean[0][a]) for a, _ in pairs})
+    if layouts is None:   # an output chosen through a selection's index (RT-DETR's top-300 rows) is no YOLO head
+        chosen = selected_tensors(_as_model(original, structure=True))
+        layouts = head_layouts(_as_model(original), {a: np.shape(ref.clean[0][a]) for a, _ in pairs if a not in chosen})
     for a, b in pairs:
         first = np.asarray(ref.clean[0][a])
         layout = layouts.get(a)

@@ -564,7 +564,7 @@ def test_ranges_that_could_not_be_measured_are_reported(monkeypatch):
     assert "float16 range rules off: the float32 model could not be run" in result.report.text()
 
 
-@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("attention", [True, "mul", False])
 def test_an_attention_softmax_does_not_keep_the_rest_of_the_network_float32(attention):
     """YOLO11's C2PSA: Softmax(q k) weights v (another activation) in a MatMul: what follows is an ordinary
     activation and goes float16 (the Softmax itself stays float32). A DFL Softmax times a constant projection
@@ -574,14 +574,16 @@ def test_an_attention_softmax_does_not_keep_the_rest_of_the_network_float32(atte
     nodes = [a, helper.make_node("Reshape", ["ya", "shape"], ["v"], name="flat"),   # [1, 4, 36]
              helper.make_node("Softmax", ["v"], ["p"], name="soft", axis=-1)]
     inits = ia + [init("shape", np.array([1, 4, 36], np.int64))]
-    if attention:
+    if attention == "mul":   # RT-DETR's deformable attention: sampled values x weights, then summed
+        nodes.append(helper.make_node("Mul", ["p", "v"], ["mix"], name="mix"))
+    elif attention:
         nodes.append(helper.make_node("MatMul", ["v", "pt"], ["mix"], name="mix"))   # v [1,4,36] x p^T [1,36,4]
         nodes.insert(3, helper.make_node("Transpose", ["p"], ["pt"], name="pt", perm=[0, 2, 1]))
     else:
         inits.append(init("proj", rng.normal(size=(36, 4)).astype(np.float32)))
         nodes.append(helper.make_node("MatMul", ["p", "proj"], ["mix"], name="mix"))
     nodes.append(helper.make_node("Add", ["mix", "bias"], ["out"], name="after"))
-    inits.append(init("bias", np.ones((1, 1, 4), np.float32)))
+    inits.append(init("bias", np.ones((1, 1, 36 if attention == "mul" else 4), np.float32)))
     model = make_model(nodes, [vi("x", shape=[1, 4, 6, 6])], [vi("out")], inits)
     result = _half(model)
     _valid(result.model)

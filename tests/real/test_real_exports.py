@@ -150,7 +150,8 @@ def test_float16_conversion_of_real_exports(real_export, model, form):
         assert agree["matched"] >= 20, agree["line"]
     if model in FAMILIES:   # a recognised head has its detections compared; a DFL head keeps its Softmax float32
         assert bool(result.verification.agreements) == (model not in NO_HEAD), result.report.text()
-        assert any(r.startswith("Softmax") for r in kept) == (model not in NO_HEAD | {"yolov6n", "yolov6s"})
+        if model not in NO_HEAD | {"yolov6n", "yolov6s"}:   # YOLOv6 v3.0 n/s have no DFL
+            assert any(r.startswith("Softmax") for r in kept)
     elif not model.startswith(("v7", "yolov7", "repvgg", "mobileone", "repvit", "repghost")):   # a YOLOv9/GELAN DFL head
         assert result.verification.agreements
         assert any(r.startswith("Softmax") for r in kept)
