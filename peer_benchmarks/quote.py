@@ -278,6 +278,28 @@ def families() -> str:
     return "\n".join(lines) + "\n\n" + _source("families.json", meta["date"], meta["machine"], meta["command"])
 
 
+def families_by_model() -> str:
+    """The same, one row per model and one column per form (README.md)."""
+    d = _load("families.json")
+    if d is None:
+        return families()
+    forms, models = [], {}
+    for r in d["rows"]:
+        forms += [r["form"]] if r["form"] not in forms else []
+        models.setdefault(r["model"], {})[r["form"]] = r
+    lines = ["| model | deploy form | " + " | ".join(forms) + " |", "|---|---|" + "---|" * len(forms)]
+    for model, by_form in models.items():
+        deploy = next(iter(by_form.values()))["deploy"]
+        cells = []
+        for f in forms:
+            r = by_form.get(f)
+            same = r is not None and tuple(r["after"][:2]) == tuple(r["deploy"][:2]) and not r["after"][2]
+            cells.append("–" if r is None else f"{_counts(r['before'])} → {_counts(r['after'])} {'✓' if same else '✗'}")
+        lines.append(f"| {model} | {_counts(deploy)} | " + " | ".join(cells) + " |")
+    meta = d["meta"]
+    return "\n".join(lines) + "\n\n" + _source("families.json", meta["date"], meta["machine"], meta["command"])
+
+
 def record_families(root: Path) -> Path:
     """The summaries test_real_exports.py wrote for the family models (tests/real/families) -> results/families.json."""
     sys.path.insert(0, str(ROOT))
@@ -301,6 +323,7 @@ def record_families(root: Path) -> Path:
 
 RENDER = {
     "families": families,
+    "families_by_model": families_by_model,
     "peers": peers,
     "peers_summary": peers_summary,
     "float16": float16,

@@ -66,7 +66,7 @@ def test_every_option_named_in_the_docs_exists():
         named = set(re.findall(r"(?<![\w-])--[a-zA-Z0-9][a-zA-Z0-9-]*", path.read_text()))
         # options of other programs the docs show beside ours (onnxsim's, onnxslim's, trtexec's, make's)
         named -= {"--outputs", "--onnx", "--fp16", "--saveEngine", "--no-deps", "--list", "--form", "--exporter",
-                  "--imgsz", "--overwrite-input-shape", "--import-calibration", "--record-test-time", "--model",
+                  "--imgsz", "--overwrite-input-shape", "--import-calibration", "--record-test-time", "--record-families", "--model",
                   "--out", "--check", "--only", "--runs", "--models", "--images", "--calib", "--min-time",
                   "--threads"} - known   # tool_time.py's and int8.py's, in their quoted commands
         assert named <= known, f"{path.name}: {sorted(named - known)} are no option of any onnxrep command"
