@@ -5,7 +5,7 @@ noisy twin: the calibration of verify/tolerance.py's K and verify/__init__.py's 
 
 For each builder model and export form (models/): optimize in float32 and float16 without verification,
 then, against the original: the share of the tolerance the float32 result uses (K = 20), the share the
-float16 result uses (K = 6), and, for YOLO outputs, the largest class-score difference of the honest float16
+float16 result uses (K = 3), and, for YOLO outputs, the largest class-score difference of the honest float16
 result over the largest score move of the float16-step twin (the tie threshold EPS_FACTOR must stay above it).
 """
 

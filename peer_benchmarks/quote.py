@@ -240,7 +240,7 @@ def calibration() -> str:
     forms = sorted({r["form"] for r in rows})
     text = (f"Over {len(rows)} builder models and forms ({', '.join(models)}; forms and exporters "
             f"{', '.join(forms)}), the most of its tolerance an honest float32 rewrite used was "
-            f"{worst['fp32_used']:.3f} (K = 20), an honest float16 conversion {worst['fp16_used']:.3f} (K = 6); "
+            f"{worst['fp32_used']:.3f} (K = 20), an honest float16 conversion {worst['fp16_used']:.3f} (K = 3); "
             f"the float16 detections agreed at least {worst['fp16_agreement_min']:.0%}, and the honest float16 "
             f"score moves were at most {worst['score_move_honest_over_twin']:.2f} of the float16 twin's "
             f"(the tie threshold is 1.5 of it).")

@@ -163,6 +163,13 @@ def _probe_conf(got: list[dict], head) -> float:
     return float(best[min(299, best.size - 1)]) * 0.999
 
 
+def _second_best(got: list[dict], head) -> np.ndarray:
+    """Every anchor's second-best class score, over the samples (empty with one class)."""
+    parts = [np.sort(candidates(im, head.box_coding, head.layout)[1], axis=0)[-2]
+             for g in got for im in np.asarray(g[head.output], np.float32)] if head.nc > 1 else []
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None) -> dict:
     """The final model's new outputs against numpy applied to its own head tensor, which must equal the
     previous stage's output bit for bit. An ORT NMS that finds fewer than MIN_DETECTIONS at the user's conf
@@ -176,8 +183,15 @@ def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None) -
     if opts.nms == "ort":
         found = sum(int(np.asarray(g["num_dets"]).sum()) for g in got)
         probe = f" ({found} detections)"
-        if found < MIN_DETECTIONS:   # the deployed graph's NMS, its score threshold lowered
-            settings = dataclasses.replace(opts.nms_settings, conf=_probe_conf(got, head))
+        second = _second_best(got, head)
+        # best class and multi-label differ only where an anchor has two classes above conf: without one,
+        # the NMS part is checked again at a conf where some do
+        labels = second.size == 0 or bool((second > np.float32(opts.conf)).any())
+        if found < MIN_DETECTIONS or not labels:   # the deployed graph's NMS, its score threshold lowered
+            low = _probe_conf(got, head)
+            if not labels:
+                low = min(low, float(np.sort(second)[::-1][min(299, second.size - 1)]) * 0.999)
+            settings = dataclasses.replace(opts.nms_settings, conf=low)
             tail = _with_conf(_tail(deployed.model, head, [o.name for o in deployed.model.graph.output]), settings.conf)
             names = [o.name for o in tail.graph.output]
             got2 = [{**dict(zip(names, r.values())), head.output: g[head.output]}
@@ -185,7 +199,8 @@ def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None) -
             wrong2 = _differing(tail, deployed, settings, got2)
             wrong = wrong + [f"{w} at conf {settings.conf:.3g}" for w in wrong2]
             probe += (f"; at conf {settings.conf:.3g} too ({sum(int(np.asarray(g['num_dets']).sum()) for g in got2)} "
-                      f"detections: too few scores reach {opts.conf:g} on these inputs)")
+                      f"detections: " + ("too few scores reach" if found < MIN_DETECTIONS else "no anchor has two classes above")
+                      + f" {opts.conf:g} on these inputs)")
     ok = exact_head and not wrong and not bad
     what = (f"NMS {opts.nms} (conf {opts.conf:g}, iou {opts.iou:g}, max_det {opts.max_det}"
             f"{', class-agnostic' if opts.class_agnostic else ''}{', multi-label' if opts.multi_label else ''})" if opts.nms

@@ -101,18 +101,29 @@ def _boxes_output(tensor: gs.Tensor, types: Types, why: dict):
 
 
 def recognise_split(graph: gs.Graph, types: Types, taken: set[int], why: dict) -> list[DetectionHead]:
-    """Split heads: one decoded-boxes output paired with one all-Sigmoid scores output of the same anchors."""
-    boxes, scores = {}, {}
+    """Split heads: one decoded-boxes output paired with one all-Sigmoid scores output of the same anchors and
+    element type. Not guessed: another output of those anchors beside them (a quality or objectness map, real
+    scores that are no Sigmoid's) leaves the pair unrecognised, with the reason."""
+    boxes, scores, others = {}, {}, {}
     for k, out in enumerate(graph.outputs):
         if k in taken:
             continue
         found = _boxes_output(out, types, why)
+        dims = types.dims(out) or _dims(out) or []
         if found:
             boxes[k] = found
-        elif len(types.dims(out) or _dims(out) or []) == 3 and _all_sigmoid(out):
-            scores[k] = types.dims(out) or _dims(out)
+        elif len(dims) == 3 and _all_sigmoid(out):
+            scores[k] = dims
+        elif len(dims) == 3:
+            others[k] = dims
     heads = []
     for k, (coding, strides, anchors, boxes_first) in boxes.items():
+        beside = [graph.outputs[j].name for j, d in {**scores, **others}.items()
+                  if anchors is not None and anchors in (d[1], d[2])]
+        if len(beside) > 1:
+            why[graph.outputs[k].name] = (f"outputs {', '.join(beside)} all hold {anchors} anchors: which are the "
+                                          f"class scores is not guessed")
+            continue
         pairs = []
         for j, sd in scores.items():
             for first, a_axis in ((True, 1), (False, 2)):
@@ -123,6 +134,10 @@ def recognise_split(graph: gs.Graph, types: Types, taken: set[int], why: dict) -
             continue
         j, first, nc = pairs[0]
         out = graph.outputs[k]
+        if out.dtype is not None and graph.outputs[j].dtype is not None and \
+                np.dtype(out.dtype) != np.dtype(graph.outputs[j].dtype):
+            why[out.name] = f"the boxes are {np.dtype(out.dtype)}, the scores {np.dtype(graph.outputs[j].dtype)}"
+            continue
         elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(out.dtype)) if out.dtype is not None else onnx.TensorProto.FLOAT
         dims = types.dims(out) or _dims(out)
         heads.append(DetectionHead(out.name, k, nc, coding, dims[0], anchors, strides, int(elem), layout="split",

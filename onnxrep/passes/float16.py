@@ -53,16 +53,25 @@ EXACT_READERS = {"Add", "Sub", "Mul", "Div"}
 MIXERS = {"MatMul", "Gemm", "Conv", "Einsum", "Mul"}
 
 
-def _mixes_activations(node: gs.Node, after_softmax: set) -> bool:
+def _mixes_activations(node: gs.Node, after_softmax: set, dependent: set) -> bool:
     """An attention product: a MatMul-like op, or a Mul, weighting another activation by the Softmax (YOLO11's
     C2PSA; RT-DETR's attention, whose deformable cross-attention multiplies the sampled values by it). Its
     result is in the activations' range, so what follows is not a DFL expectation (a Softmax times a constant
-    projection) and the Softmax's float32 rule stops there."""
-    def activation(t) -> bool:
-        made_by = producer(t)
-        return bool(t.name) and not isinstance(t, gs.Constant) and not (made_by is not None and made_by.op == "Constant")
+    projection) and the Softmax's float32 rule stops there. An activation is a value computed from the
+    inputs' values (`dependent`): strides or a projection made at run time from a shape are not one."""
+    return node.op in MIXERS and any(id(t) in dependent and id(t) not in after_softmax for t in node.inputs)
 
-    return node.op in MIXERS and any(activation(t) and id(t) not in after_softmax for t in node.inputs)
+
+def _input_dependent(graph: gs.Graph) -> set[int]:
+    """ids of the tensors whose values depend on the graph inputs' values (Shape, Size and ConstantOfShape
+    read only a shape: what they make is not)."""
+    dependent = {id(t) for t in graph.inputs}
+    for node in graph.nodes:
+        if node.op in ("Shape", "Size", "ConstantOfShape"):
+            continue
+        if any(id(t) in dependent for t in node.inputs):
+            dependent.update(id(o) for o in node.outputs)
+    return dependent
 
 
 ACCUMULATING = {"Softmax", "LogSoftmax", "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceLogSum",
@@ -176,6 +185,7 @@ class ToFloat16:
                     is16[id(o)] = True
 
         after_softmax: set[int] = set()
+        self._dependent = _input_dependent(graph)
         for node in list(graph.nodes):
             self._feed_subgraphs(node, as_type, half)
             floats = [t for t in node.inputs if t.name and (elem(t) in (F32, F16) or is16.get(id(t)))]
@@ -192,7 +202,8 @@ class ToFloat16:
                 reason = "its type can't be float16" if sig is not None else "no schema"
             if reason is not None:
                 if node.op in ("Softmax", "LogSoftmax") or (any(id(t) in after_softmax for t in node.inputs)
-                                                           and not _mixes_activations(node, after_softmax)):
+                                                           and not _mixes_activations(node, after_softmax,
+                                                                                      self._dependent)):
                     after_softmax.update(id(o) for o in node.outputs if node.op not in ("Shape", "Size"))
                 label = node.name or node.op
                 kept.setdefault(reason, []).append(f"{label} ({self._peaks[node.name]:.3g})"
@@ -259,7 +270,8 @@ class ToFloat16:
                     "float32")
         if node.op in ACCUMULATING:
             return f"{node.op} accumulates in its own type"
-        if any(id(t) in after_softmax for t in node.inputs) and not _mixes_activations(node, after_softmax):
+        if any(id(t) in after_softmax for t in node.inputs) and \
+                not _mixes_activations(node, after_softmax, self._dependent):
             return "computed from a Softmax (DFL expectation, box decode: terms of hundreds of pixels)"
         if node.op == "Cast":
             return "a Cast of the model's own"

@@ -4,10 +4,12 @@ A TopK, ArgMax/ArgMin or NonMaxSuppression turns floats into indices by comparin
 re-rounds those floats by a step, which can swap two candidates whose scores were within a step: whatever
 is gathered through the index (RT-DETR's 300 query rows, an embedded NMS's boxes, a class index) then moves
 by a whole row, for the original's noisy twin as for an honest rewrite, at places neither can predict. Such
-an output is not a function element by element, so it is compared at its whole-output noise level (the most
-the twin moved any of its elements); what protects it is the comparison of what the selection chose by: each
-selection's float inputs (TopK's scores, NMS's boxes and scores), found in both models by the node's name,
-are compared like outputs, element by element, at their own noise levels.
+an output is not a function element by element, so each of its elements is held to the loosest of its
+slices' levels, not the tightest (a row the twin swapped allows a swap in its column; a column of boxes the
+selection does not reach keeps its own level in every row the twin left alone); what protects it is the
+comparison of what the selection chose by: each selection's float inputs (TopK's scores, NMS's boxes and
+scores), found in both models by the node's name, are compared like outputs, element by element, at their
+own noise levels. A selection not found in the optimized model fails the verification.
 """
 
 from __future__ import annotations
@@ -37,30 +39,26 @@ def selected_tensors(model: onnx.ModelProto) -> set[str]:
     return reached
 
 
-def scored_inputs(original: onnx.ModelProto, optimized: onnx.ModelProto) -> list[tuple[str, str, str]]:
-    """(tensor in the original, tensor in the optimized model, what it is) for each float input a selection
-    of the original chooses by, where the optimized model has the same selection: the same node name and op,
-    or, for unnamed nodes, the k-th selection of that op in both (the passes keep the nodes' order)."""
-    def keyed(model):
-        seen: dict[str, int] = {}
-        out = {}
-        for n in _selections(model):
-            k = seen[n.op_type] = seen.get(n.op_type, -1) + 1
-            out[(n.name, n.op_type) if n.name else ("#", n.op_type, k)] = n
-        return out
-
-    mine, theirs = keyed(original), keyed(optimized)
+def scored_inputs(original: onnx.ModelProto, optimized: onnx.ModelProto) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """([(tensor in the original, tensor in the optimized model, what it is)], [selections not found]) for
+    each float input a selection of the original chooses by. The optimized model's selection is the one of
+    the same node name and op, else the k-th of that op where both models have as many (the passes keep
+    the nodes' order); one found in neither way is listed, and the verification fails on it."""
+    theirs = _selections(optimized)
+    by_name = {(n.name, n.op_type): n for n in theirs if n.name}
+    mine = _selections(original)
     graph_outputs = {o.name for o in original.graph.output}
-    pairs = []
-    for key, node in mine.items():
-        other = theirs.get(key)
-        if other is None and key[0] == "#":   # the optimized model named its nodes: the k-th of the op there
-            same_op = [n for n in _selections(optimized) if n.op_type == node.op_type]
-            other = same_op[key[2]] if key[2] < len(same_op) and \
-                len(same_op) == sum(1 for n in _selections(original) if n.op_type == node.op_type) else None
+    pairs, unmatched = [], []
+    for node in mine:
+        other = by_name.get((node.name, node.op_type)) if node.name else None
         if other is None:
+            same_op = [n for n in theirs if n.op_type == node.op_type]
+            k = [n for n in mine if n.op_type == node.op_type].index(node)
+            other = same_op[k] if len(same_op) == sum(1 for n in mine if n.op_type == node.op_type) else None
+        if other is None:
+            unmatched.append(f"{node.op_type} {node.name!r}")
             continue
         for k in SCORED_INPUTS[node.op_type]:
             if k < len(node.input) and k < len(other.input) and node.input[k] and node.input[k] not in graph_outputs:
                 pairs.append((node.input[k], other.input[k], f"what {node.op_type} {node.name!r} selects by"))
-    return pairs
+    return pairs, unmatched

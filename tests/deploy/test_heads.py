@@ -244,3 +244,45 @@ def test_a_static_yolov6_export_made_dynamic_keeps_its_head(opset):
     d = apply(dyn, DeployOptions(nms="ort", conf=0.3))
     [c] = check(d, feeds, values=[_run(dyn, f) for f in feeds])
     assert c["ok"], c["line"]
+
+
+def test_a_split_head_with_another_output_of_its_anchors_is_not_guessed():
+    """Boxes, all-Sigmoid 'quality' [B, A, 1] and scores that are no Sigmoid's (a Softmax): pairing the boxes
+    with the quality map would run NMS on the wrong numbers, so nothing is recognised, with the reason."""
+    m = head_model("split", "xyxy", nc=3, anchors=24, score_op="Softmax")
+    m.graph.node.append(helper.make_node("Slice", ["cls_af", "q0", "q1", "q2"], ["qs"]))
+    m.graph.node.append(helper.make_node("Sigmoid", ["qs"], ["quality"]))
+    m.graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), "q0"),
+                                numpy_helper.from_array(np.array([1], np.int64), "q1"),
+                                numpy_helper.from_array(np.array([2], np.int64), "q2")])
+    m.graph.output.append(helper.make_tensor_value_info("quality", TensorProto.FLOAT, ["B", 24, 1]))
+    heads, reasons = find_heads(m)
+    assert not heads and "is not guessed" in reasons["boxes"], reasons
+
+
+def test_split_outputs_of_two_element_types_are_no_head():
+    m = head_model("split", "xyxy")
+    m.graph.node.append(helper.make_node("Cast", ["scores"], ["scores16"], to=TensorProto.FLOAT16))
+    m.graph.output[1].CopyFrom(helper.make_tensor_value_info("scores16", TensorProto.FLOAT16, ["B", 24, 3]))
+    heads, reasons = find_heads(m)
+    assert not heads and "float32, the scores float16" in reasons["boxes"], reasons
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_the_nms_check_probes_for_two_labels_on_confident_scores(multi):
+    """Scores where every anchor has one class far above conf and the others far below: best class and
+    multi-label agree there, so the check probes a conf where anchors have two labels, and a graph of the
+    other mode fails it (a check that can't tell the two apart would pass either)."""
+    import dataclasses
+
+    m = head_model("split", "xyxy", nc=3, anchors=40)
+    x = np.random.default_rng(3).normal(0, 1, (2, 7, 40)).astype(np.float32)
+    x[:, 4:] = -6.0 + np.random.default_rng(4).normal(0, 0.5, (2, 3, 40)).astype(np.float32)
+    x[:, 4, :] = 6.0                               # class 0 confident everywhere
+    feeds = [{"x": x}]
+    d = apply(m, DeployOptions(nms="ort", multi_label=multi))
+    [c] = check(d, feeds, values=[_run(m, f) for f in feeds])
+    assert c["ok"] and "no anchor has two classes above" in c["line"], c["line"]
+    d.options = dataclasses.replace(d.options, multi_label=not multi)
+    [c] = check(d, feeds, values=[_run(m, f) for f in feeds])
+    assert not c["ok"], c["line"]

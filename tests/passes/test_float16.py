@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import models
 import onnxrep
@@ -564,7 +564,7 @@ def test_ranges_that_could_not_be_measured_are_reported(monkeypatch):
     assert "float16 range rules off: the float32 model could not be run" in result.report.text()
 
 
-@pytest.mark.parametrize("attention", [True, "mul", False])
+@pytest.mark.parametrize("attention", [True, "mul", False, "runtime"])
 def test_an_attention_softmax_does_not_keep_the_rest_of_the_network_float32(attention):
     """YOLO11's C2PSA: Softmax(q k) weights v (another activation) in a MatMul: what follows is an ordinary
     activation and goes float16 (the Softmax itself stays float32). A DFL Softmax times a constant projection
@@ -576,6 +576,11 @@ def test_an_attention_softmax_does_not_keep_the_rest_of_the_network_float32(atte
     inits = ia + [init("shape", np.array([1, 4, 36], np.int64))]
     if attention == "mul":   # RT-DETR's deformable attention: sampled values x weights, then summed
         nodes.append(helper.make_node("Mul", ["p", "v"], ["mix"], name="mix"))
+    elif attention == "runtime":   # a factor made at run time from a shape (strides of a dynamic export): no activation
+        nodes += [helper.make_node("Shape", ["p"], ["pshape"], name="pshape"),
+                  helper.make_node("ConstantOfShape", ["pshape"], ["twos"], name="twos",
+                                   value=numpy_helper.from_array(np.array([2.0], np.float32))),
+                  helper.make_node("Mul", ["p", "twos"], ["mix"], name="mix")]
     elif attention:
         nodes.append(helper.make_node("MatMul", ["v", "pt"], ["mix"], name="mix"))   # v [1,4,36] x p^T [1,36,4]
         nodes.insert(3, helper.make_node("Transpose", ["p"], ["pt"], name="pt", perm=[0, 2, 1]))
@@ -583,12 +588,13 @@ def test_an_attention_softmax_does_not_keep_the_rest_of_the_network_float32(atte
         inits.append(init("proj", rng.normal(size=(36, 4)).astype(np.float32)))
         nodes.append(helper.make_node("MatMul", ["p", "proj"], ["mix"], name="mix"))
     nodes.append(helper.make_node("Add", ["mix", "bias"], ["out"], name="after"))
-    inits.append(init("bias", np.ones((1, 1, 36 if attention == "mul" else 4), np.float32)))
+    inits.append(init("bias", np.ones((1, 1, 36 if attention in ("mul", "runtime") else 4), np.float32)))
     model = make_model(nodes, [vi("x", shape=[1, 4, 6, 6])], [vi("out")], inits)
     result = _half(model)
     _valid(result.model)
     kept = {n.split(" (")[0] for nodes_ in result.report.passes["to_float16"]["float16"]["kept_nodes"].values()
             for n in nodes_}
     assert "soft" in kept
-    assert ("after" in kept) == (not attention) and ("mix" in kept) == (not attention), kept
+    attends = attention in (True, "mul")
+    assert ("after" in kept) == (not attends) and ("mix" in kept) == (not attends), kept
     assert result.ok, result.verification.lines()
