@@ -315,11 +315,12 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     if not pairs:
         return Verification(ran=True, ok=False, missing=missing, unexpected=unexpected,
                             skipped_reason="no output of the original is in the optimized model")
-    reached = selected_tensors(_as_model(original, structure=True))
+    structure = _as_model(original, structure=True)   # a path is read once here (without external data)
+    reached = selected_tensors(structure)
     selected = reached & {a for a, _ in pairs}
     scored, unmatched = {}, []   # the floats a selection chose by, compared like outputs (verify/selection.py)
     if selected:
-        found, unmatched = scored_inputs(_as_model(original, structure=True), _as_model(optimized, structure=True))
+        found, unmatched = scored_inputs(structure, _as_model(optimized, structure=True))
         scored = {(a, b): what for a, b, what in found}
         if ref is not None:
             unmatched += [f"{what}: {a} (not in the given reference)" for (a, _), what in scored.items()
@@ -348,6 +349,11 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     checks, levels = [], {}
     for a, b in compared:
         level = levels[b] = ref.level(a, precision)
+        # chosen through a selection: each element held to the loosest of its slices; where the twin itself
+        # jumped there (its selection swapped rows: RT-DETR's decoder scores), to the whole output's level
+        swapped = a in selected and level and any(_jump(c[a], n[a]) for c, n in zip(ref.clean, ref.noisy) if a in n)
+        if swapped:
+            level = {None: np.array([max(float(np.max(v, initial=0.0)) for v in level.values())])}
         worst = None
         for k, got in pieces:
             clean = ref.clean[k]
@@ -359,9 +365,10 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
                         factor=noise_factor if noise_factor is not None or precision != "fp16" else NOISE_FACTOR_FP16,
                         loosest=a in selected)
             c.noise_measured = ref.noise_measured and all(a in n for n in ref.noisy)
-            c.note = (scored[(a, b)] if (a, b) in scored else
-                      "chosen through a selection's index: each element held to the loosest of its slices' levels"
-                      if a in selected else "")
+            c.note = (scored[(a, b)] + ("; " if a in selected else "") if (a, b) in scored else "") + (
+                ("chosen through a selection's index, where the twin swapped rows: held to its whole-output level"
+                 if swapped else "chosen through a selection's index: each element held to the loosest of its "
+                                 "slices' levels") if a in selected else "")
             if worst is None or (worst.ok and not c.ok) or (worst.ok == c.ok and c.used > worst.used):
                 worst = c
         checks.append(worst)
@@ -434,12 +441,11 @@ def _agreements(original, pairs, ref: Reference, gots: list[dict], settings: dic
     be asked for more. The minimum is then lowered to 1 - TWIN_SLACK x the twin's disagreement share, and
     the report says so; a well-conditioned model's twin agrees fully and the minimum stands."""
     from onnxrep.verify.detections import agreement, detection_view, head_layouts
+    from onnxrep.verify.selection import selected_tensors
 
     out = {}
     minimum = settings.get("min_agreement", 0.99)
     options = {k: v for k, v in settings.items() if k in ("conf", "iou", "max_det")}
-    from onnxrep.verify.selection import selected_tensors
-
     layouts = settings.get("heads")
     if layouts is None:   # an output chosen through a selection's index (RT-DETR's top-300 rows) is no YOLO head
         chosen = selected_tensors(_as_model(original, structure=True))
