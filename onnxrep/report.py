@@ -162,9 +162,13 @@ def _deploy_lines(d: dict) -> list[str]:
                      + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in d["input_shapes"].items()))
     if d.get("batch"):
         b = d["batch"]
-        lines.append(f"deploy batch: dynamic (exported at {b['from']}); {len(b['rewritten'])} shape constants read "
-                     f"the batch at run time" + (f": {', '.join(b['rewritten'][:4])}{', ...' if len(b['rewritten']) > 4 else ''}"
-                                                 if b["rewritten"] else ""))
+        joined = [w for w in b["rewritten"] if w.startswith("Concat ")]   # a constant joined to batched tensors
+        shaped = [w for w in b["rewritten"] if w not in joined]
+        lines.append(f"deploy batch: dynamic (exported at {b['from']}); {len(shaped)} shape constants read "
+                     f"the batch at run time" + (f": {', '.join(shaped[:4])}{', ...' if len(shaped) > 4 else ''}"
+                                                 if shaped else "")
+                     + (f"; {len(joined)} constant{'s' * (len(joined) > 1)} joined to the batch expanded to it: "
+                        f"{', '.join(joined[:4])}{', ...' if len(joined) > 4 else ''}" if joined else ""))
         if b.get("static_inputs"):   # a [1] threshold, a [1, 4] table: a first dim of 1 that is no batch
             lines.append(f"deploy batch: inputs without a batch keep their shape: {', '.join(b['static_inputs'])}")
     if d.get("input"):

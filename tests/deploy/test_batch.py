@@ -108,6 +108,8 @@ def test_a_constant_joined_off_the_batch_axis_follows_the_batch(axis, b0):
     y = _session(dyn).run(None, {"x": x})[0]
     want = [3, c + 2, hw * hw] if axis == 1 else [3, c, hw * hw + 2]
     assert list(y.shape) == want and np.all(y[:, c:] == 1 if axis == 1 else y[..., hw * hw:] == 1)
+    r = onnxrep.optimize(m, dynamic_batch=True)   # the report tells the expanded constant from shape constants
+    assert r.ok and "1 constant joined to the batch expanded to it" in r.report.text(), r.report.text()
 
 
 @pytest.mark.parametrize("name", ["yolov9-t", "gelan-t"])
