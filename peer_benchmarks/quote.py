@@ -262,6 +262,11 @@ def _counts(c) -> str:
     return f"{c[0]}/{c[1]:,}" + (f" +{c[2]} BN" if c[2] else "")
 
 
+def _exact(row: dict) -> bool:
+    """The family's deploy form exactly: its Conv count and parameters, no BatchNormalization left."""
+    return tuple(row["after"][:2]) == tuple(row["deploy"][:2]) and not row["after"][2]
+
+
 def families() -> str:
     """Other libraries' detectors in the real tier: results/families.json (`--record-families`)."""
     d = _load("families.json")
@@ -271,9 +276,8 @@ def families() -> str:
     lines = ["| model | form | before: Conv/params | after `onnxrep optimize` | the family's deploy form | |",
              "|---|---|---|---|---|---|"]
     for r in d["rows"]:
-        same = tuple(r["after"][:2]) == tuple(r["deploy"][:2]) and not r["after"][2]
         lines.append(f"| {r['model']} | {r['form']} | {_counts(r['before'])} | {_counts(r['after'])} | "
-                     f"{_counts(r['deploy'])} | {'✓' if same else '✗'} |")
+                     f"{_counts(r['deploy'])} | {'✓' if _exact(r) else '✗'} |")
     meta = d["meta"]
     return "\n".join(lines) + "\n\n" + _source("families.json", meta["date"], meta["machine"], meta["command"])
 
@@ -293,8 +297,7 @@ def families_by_model() -> str:
         cells = []
         for f in forms:
             r = by_form.get(f)
-            same = r is not None and tuple(r["after"][:2]) == tuple(r["deploy"][:2]) and not r["after"][2]
-            cells.append("–" if r is None else f"{_counts(r['before'])} → {_counts(r['after'])} {'✓' if same else '✗'}")
+            cells.append("–" if r is None else f"{_counts(r['before'])} → {_counts(r['after'])} {'✓' if _exact(r) else '✗'}")
         lines.append(f"| {model} | {_counts(deploy)} | " + " | ".join(cells) + " |")
     meta = d["meta"]
     return "\n".join(lines) + "\n\n" + _source("families.json", meta["date"], meta["machine"], meta["command"])

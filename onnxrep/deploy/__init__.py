@@ -168,8 +168,6 @@ def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, at
 
 def _joined(values: dict, split: DetectionHead):
     """numpy's join of a split head's outputs (what heads_other.join_split computes in the graph)."""
-    import numpy as np
+    from onnxrep.verify.detections import join_split as join
 
-    boxes, scores = np.asarray(values[split.output]), np.asarray(values[split.scores])
-    return np.concatenate([boxes.transpose(0, 2, 1) if split.boxes_first else boxes,
-                           scores.transpose(0, 2, 1) if split.scores_first else scores], axis=1)
+    return join(values[split.output], values[split.scores], split.boxes_first, split.scores_first)

@@ -317,9 +317,8 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
                             skipped_reason="no output of the original is in the optimized model")
     structure = _as_model(original, structure=True)   # a path is read once here (without external data)
     reached = selected_tensors(structure)
-    selected = reached & {a for a, _ in pairs}
     scored, unmatched = {}, []   # the floats a selection chose by, compared like outputs (verify/selection.py)
-    if selected:
+    if reached & {a for a, _ in pairs}:
         found, unmatched = scored_inputs(structure, _as_model(optimized, structure=True))
         scored = {(a, b): what for a, b, what in found}
         if ref is not None:
@@ -378,7 +377,7 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     ok = all(c.ok for c in checks) and not missing and not unexpected and len(gots) == len(ref.feeds)
     agreements = {}
     if precision == "fp16" and len(gots) == len(ref.feeds):
-        agreements = _agreements(original, pairs, ref, gots, detections or {})
+        agreements = _agreements(original, pairs, ref, gots, detections or {}, reached)
         ok = ok and all(a["rate"] >= a["min_agreement"] for a in agreements.values())
     deploy = []
     if stack:
@@ -432,23 +431,22 @@ EPS_FACTOR = 1.5
 TWIN_SLACK = 2.5   # the conversion may disagree 2.5x as often as the twin does (it moved outputs <= 2.2x as far)
 
 
-def _agreements(original, pairs, ref: Reference, gots: list[dict], settings: dict) -> dict:
+def _agreements(original, pairs, ref: Reference, gots: list[dict], settings: dict, chosen: set) -> dict:
     """Detection agreement per YOLO detection output, in whatever layout (verify/detections.py: the layouts
-    the deploy code recognises in the original's graph, else [B, 4+nc, A] / [B, A, 4+nc] by shape).
+    the deploy code recognises in the original's graph, else [B, 4+nc, A] / [B, A, 4+nc] by shape; never an
+    output in `chosen`, computed through a selection's index: verify/selection.py).
 
     The float32 model is also compared with its own noisy twin (itself, rounded at float16's step): a model
     whose detections move that much under float16 rounding alone (a chaotic random-weight network) can't
     be asked for more. The minimum is then lowered to 1 - TWIN_SLACK x the twin's disagreement share, and
     the report says so; a well-conditioned model's twin agrees fully and the minimum stands."""
     from onnxrep.verify.detections import agreement, detection_view, head_layouts
-    from onnxrep.verify.selection import selected_tensors
 
     out = {}
     minimum = settings.get("min_agreement", 0.99)
     options = {k: v for k, v in settings.items() if k in ("conf", "iou", "max_det")}
     layouts = settings.get("heads")
-    if layouts is None:   # an output chosen through a selection's index (RT-DETR's top-300 rows) is no YOLO head
-        chosen = selected_tensors(_as_model(original, structure=True))
+    if layouts is None:   # an output chosen through a selection's index (`chosen`: RT-DETR's top-300 rows) is no head
         layouts = head_layouts(_as_model(original), {a: np.shape(ref.clean[0][a]) for a, _ in pairs if a not in chosen})
     for a, b in pairs:
         first = np.asarray(ref.clean[0][a])

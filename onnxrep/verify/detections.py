@@ -62,6 +62,14 @@ def split_parts(layout: str) -> tuple[str, bool, bool]:
     return scores, flags[0] == "1", flags[1] == "1"
 
 
+def join_split(boxes, scores, boxes_first: bool, scores_first: bool) -> np.ndarray:
+    """A split head's outputs as one [B, 4+nc, A] array, in their own dtype (what deploy/heads_other.join_split
+    computes in the graph: Transpose and Concat, exact)."""
+    boxes, scores = np.asarray(boxes), np.asarray(scores)
+    return np.concatenate([boxes.transpose(0, 2, 1) if boxes_first else boxes,
+                           scores.transpose(0, 2, 1) if scores_first else scores], axis=1)
+
+
 def detection_view(values: dict, name: str, layout: str, rename: dict | None = None, dtype=None) -> np.ndarray:
     """Output `name` of `values` ({output: array}) as [B, 4+nc, A] float64 (anchors_last); a split head's boxes
     joined with its scores output (its name mapped through `rename`, the other model's names)."""
@@ -69,10 +77,8 @@ def detection_view(values: dict, name: str, layout: str, rename: dict | None = N
     if not layout.startswith("split:"):
         return anchors_last(cast(values[name]), layout)
     scores, boxes_first, scores_first = split_parts(layout)
-    b = np.asarray(cast(values[name]), np.float64)
-    c = np.asarray(cast(values[(rename or {}).get(scores, scores)]), np.float64)
-    return np.concatenate([b.transpose(0, 2, 1) if boxes_first else b, c.transpose(0, 2, 1) if scores_first else c],
-                          axis=1)
+    return join_split(np.asarray(cast(values[name]), np.float64),
+                      np.asarray(cast(values[(rename or {}).get(scores, scores)]), np.float64), boxes_first, scores_first)
 
 
 def anchors_last(y, layout: str) -> np.ndarray:

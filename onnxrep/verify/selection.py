@@ -8,8 +8,10 @@ an output is not a function element by element, so each of its elements is held 
 slices' levels, not the tightest (a row the twin swapped allows a swap in its column; a column of boxes the
 selection does not reach keeps its own level in every row the twin left alone); what protects it is the
 comparison of what the selection chose by: each selection's float inputs (TopK's scores, NMS's boxes and
-scores), found in both models by the node's name, are compared like outputs, element by element, at their
-own noise levels. A selection not found in the optimized model fails the verification.
+scores), found in both models by the node's name or else by its place among the nodes of its op, are
+compared like outputs, element by element, at their own noise levels. A selection not found in the
+optimized model fails the verification. Where the twin itself jumped in a selected tensor (its own selection
+swapped rows), verify/__init__.py holds that tensor to its whole-output level.
 """
 
 from __future__ import annotations
@@ -44,21 +46,26 @@ def scored_inputs(original: onnx.ModelProto, optimized: onnx.ModelProto) -> tupl
     each float input a selection of the original chooses by. The optimized model's selection is the one of
     the same node name and op, else the k-th of that op where both models have as many (the passes keep
     the nodes' order); one found in neither way is listed, and the verification fails on it."""
-    theirs = _selections(optimized)
-    by_name = {(n.name, n.op_type): n for n in theirs if n.name}
-    mine = _selections(original)
+    def by_op(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+        out: dict[str, list[onnx.NodeProto]] = {}
+        for n in _selections(model):
+            out.setdefault(n.op_type, []).append(n)
+        return out
+
+    mine, theirs = by_op(original), by_op(optimized)
+    by_name = {(n.name, n.op_type): n for nodes in theirs.values() for n in nodes if n.name}
     graph_outputs = {o.name for o in original.graph.output}
     pairs, unmatched = [], []
-    for node in mine:
-        other = by_name.get((node.name, node.op_type)) if node.name else None
-        if other is None:
-            same_op = [n for n in theirs if n.op_type == node.op_type]
-            k = [n for n in mine if n.op_type == node.op_type].index(node)
-            other = same_op[k] if len(same_op) == sum(1 for n in mine if n.op_type == node.op_type) else None
-        if other is None:
-            unmatched.append(f"{node.op_type} {node.name!r}")
-            continue
-        for k in SCORED_INPUTS[node.op_type]:
-            if k < len(node.input) and k < len(other.input) and node.input[k] and node.input[k] not in graph_outputs:
-                pairs.append((node.input[k], other.input[k], f"what {node.op_type} {node.name!r} selects by"))
+    for op, nodes in mine.items():
+        same_op = theirs.get(op, [])
+        for k, node in enumerate(nodes):
+            other = by_name.get((node.name, op)) if node.name else None
+            if other is None and len(same_op) == len(nodes):
+                other = same_op[k]
+            if other is None:
+                unmatched.append(f"{op} {node.name!r}")
+                continue
+            for i in SCORED_INPUTS[op]:
+                if i < len(node.input) and i < len(other.input) and node.input[i] and node.input[i] not in graph_outputs:
+                    pairs.append((node.input[i], other.input[i], f"what {op} {node.name!r} selects by"))
     return pairs, unmatched
