@@ -42,13 +42,16 @@ def _canonical_view(view: onnx.ModelProto) -> onnx.ModelProto:
     return weightless_view(graph)
 
 
-def count_macs(model: onnx.ModelProto, only: set[str] | None = None) -> int:
+def count_macs(model: onnx.ModelProto, only: set[str] | None = None,
+               canonical: onnx.ModelProto | None = None) -> int:
     """MACs as ir.counts counts them, shape arithmetic folded by canonicalize when inference alone can't
-    size a linear op (TorchScript's dynamic-batch exports)."""
-    return _count_macs(model, only, refine=_canonical_view)
+    size a linear op (TorchScript's dynamic-batch exports). canonical: that view already made (the run's
+    own canonicalize pass made it of this very model: run.py), so it is not made twice."""
+    return _count_macs(model, only, refine=(lambda _view: canonical) if canonical is not None else _canonical_view)
 
 
-def model_stats(model: onnx.ModelProto, file_bytes: int | None = None, macs: bool = True) -> Stats:
+def model_stats(model: onnx.ModelProto, file_bytes: int | None = None, macs: bool = True,
+                canonical: onnx.ModelProto | None = None) -> Stats:
     ops: Counter = Counter()
     for g in walk_graphs(model.graph):
         ops.update(n.op_type for n in g.node)
@@ -57,7 +60,7 @@ def model_stats(model: onnx.ModelProto, file_bytes: int | None = None, macs: boo
         conv=ops.get("Conv", 0) + ops.get("ConvTranspose", 0),
         batchnorm=ops.get("BatchNormalization", 0),
         parameters=count_parameters(model.graph),
-        macs=count_macs(model) if macs else 0,
+        macs=count_macs(model, canonical=canonical) if macs else 0,
         file_bytes=file_bytes,
         ops=dict(sorted(ops.items())),
     )

@@ -63,6 +63,7 @@ class Run:
     results: dict = field(default_factory=dict)  # pass name -> PassResult
     outputs: dict = field(default_factory=dict)  # kept / dropped / renamed / note / removed
     batch_info: dict | None = None
+    canonical: onnx.ModelProto | None = None     # the original's weight-less view after canonicalize (report)
     deployed: object = None                      # deploy.Deployed
     history: list = field(default_factory=list)  # (stage, model after it): where the door looks for a culprit
     verification: Verification | None = None
@@ -140,7 +141,17 @@ def run_passes(r: Run) -> None:
     opset = next((x.version for x in r.original.opset_import if x.domain in ("", "ai.onnx")), 17)
     r.ctx = Context(opset=opset, aux=o.aux, keep_outputs=o.keep, drop_outputs=o.drop, rename_outputs=o.rename)
     graph = import_model(r.source)
-    r.results = run_pipeline(graph, r.ctx, r.pipeline, on_pass=lambda name: r.step(f"pass {name}"))
+
+    def after(name, g):   # canonicalize is first when selected: its first result is the original's canonical form
+        if name == "canonicalize" and r.canonical is None and r.source is r.original:
+            from onnxrep.ir.shapes import weightless_view
+
+            try:
+                r.canonical = weightless_view(g)   # the report's MACs need not canonicalize the original again
+            except Exception:  # noqa: BLE001 -- the report makes its own then
+                r.canonical = onnx.ModelProto()
+
+    r.results = run_pipeline(graph, r.ctx, r.pipeline, on_pass=lambda name: r.step(f"pass {name}"), after_pass=after)
     r.model = from_graph(graph, r.source)
     del graph   # its arrays are the optimized weights a second time
     if r.source is not r.original:
@@ -187,9 +198,11 @@ def to_float16(r: Run) -> None:
     p = r.options.precision
     r.step("pass to_float16")
     _check_node_names(r.model, p.fp32_nodes, "--fp32-nodes")
-    # the first sample's ranges: the float16 result is verified on every sample, so an overflow that only
-    # another sample reaches fails the proof instead of passing unseen (one model run fewer)
-    ranges, why = measure_ranges(r.model, r.verification_feeds()[:1])
+    # the smallest sample's ranges (batch 1 where the batch is symbolic): the float16 result is verified on
+    # every sample, so an overflow that only another sample reaches fails the proof instead of passing unseen
+    feeds = r.verification_feeds()
+    smallest = min(feeds, key=lambda f: sum(np.size(v) for v in f.values()))
+    ranges, why = measure_ranges(r.model, [smallest])
     options = Float16Options(keep_io_types=p.keep_io_types, fp32_ops=p.fp32_ops, fp32_nodes=p.fp32_nodes,
                              ranges=ranges)
     graph = import_model(r.model)
@@ -358,7 +371,8 @@ def report(r: Run) -> None:
     r.report = Report(
         input=r.label,
         output=None,
-        before=model_stats(r.original, r.info.file_bytes if r.info else None),
+        before=model_stats(r.original, r.info.file_bytes if r.info else None,
+                           canonical=r.canonical if r.canonical is not None and r.canonical.graph.node else None),
         after=model_stats(r.model, None),
         passes={name: {"count": x.count, "declined": list(x.notes),
                        **({"float16": x.info["float16"]} if "float16" in x.info else {})}

@@ -49,8 +49,10 @@ def select(names: list[str] | None, pipeline=DEFAULT_PIPELINE) -> tuple[Pass, ..
     return tuple(p for p in pipeline if p.name in names)
 
 
-def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pass=None) -> dict[str, PassResult]:
-    """Run `pipeline` to a fixed point. Returns per-pass results summed over rounds.
+def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pass=None,
+                 after_pass=None) -> dict[str, PassResult]:
+    """Run `pipeline` to a fixed point. Returns per-pass results summed over rounds. on_pass(name) is called
+    before each pass, after_pass(name, graph) after it.
 
     Decline notes are taken from the last round only: earlier rounds' declines may have been resolved
     by a later pass (e.g. a BN that becomes foldable once a branch merge removes a second consumer).
@@ -65,6 +67,8 @@ def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pa
             with at_opset(ctx.opset):   # constants are evaluated at the model's own opset
                 res = p.run(graph, ctx)
             eliminate_dead_code(graph)
+            if after_pass:
+                after_pass(p.name, graph)
             total = totals[p.name]
             total.count += res.count
             total.changed |= res.changed

@@ -136,6 +136,8 @@ class Reference:
     skipped_reason: str = ""     # set when onnxruntime could not run the original
     noise_error: str = ""        # why the noisy twin could not run, when it could not
     as_float16: bool = False     # the twin was perturbed at float16's step
+    derived: dict = field(default_factory=dict)   # sample -> the earlier sample whose first items it is: the
+                                                  # twin's deviation taken from there, not run again
 
     @property
     def ran(self) -> bool:
@@ -183,8 +185,71 @@ def reference(original, *, outputs: list[str] | None = None, samples: int = 2, s
         except Exception as exc:  # noqa: BLE001
             return Reference(outputs, feeds, [], [], False, f"onnxruntime failed to run the original ({_short(exc)})")
     del sess
-    noisy, error = _noisy_runs(original, outputs, feeds[:NOISE_SAMPLES], clean, seed + 1, as_float16, selected)
-    return Reference(outputs, feeds, clean, noisy, not error, noise_error=error, as_float16=as_float16)
+    feeds_noisy = feeds[:NOISE_SAMPLES]
+    derived = _derived_samples(feeds_noisy, clean, outputs, selected)
+    own = [k for k in range(len(feeds_noisy)) if k not in derived]
+    noisy, error = _noisy_runs(original, outputs, [feeds_noisy[k] for k in own], [clean[k] for k in own], seed + 1,
+                               as_float16, selected)
+    if noisy:
+        by_sample = dict(zip(own, noisy))
+        for k, (j, b) in sorted(derived.items()):
+            by_sample[k] = {o: _moved_like(clean[k][o], clean[j][o][:b], by_sample[j][o][:b]) for o in outputs}
+        noisy = [by_sample[k] for k in range(len(feeds_noisy))]
+    return Reference(outputs, feeds, clean, noisy, not error, noise_error=error, as_float16=as_float16,
+                     derived={k: j for k, (j, _) in derived.items()} if noisy else {})
+
+
+def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], selected) -> dict[int, tuple[int, int]]:
+    """{k: (j, b)}: sample k is the first b items of an earlier sample j (verify/inputs.py makes the batch-1
+    sample so) and the original computed each of its outputs item by item there: batch on axis 0, and item
+    for item the same values as in j, up to rounding (no jump). The twin's deviation on those items is then
+    k's own, and the twin need not run on k. Never for an output chosen through a selection (an NMS output's
+    rows are detections, not items)."""
+    out = {}
+    for k in range(1, len(feeds)):
+        for j in range(k):
+            if j in out:
+                continue
+            b = _prefix(feeds[k], feeds[j])
+            if b and all(o not in selected and _items(clean[k][o], clean[j][o], b) for o in outputs):
+                out[k] = (j, b)
+                break
+    return out
+
+
+def _prefix(feed: dict, before: dict) -> int:
+    """b when `feed` is `before`'s first b items (on axis 0 of at least one input, the others equal), else 0."""
+    if set(feed) != set(before):
+        return 0
+    sizes = set()
+    for name, v in feed.items():
+        v, w = np.asarray(v), np.asarray(before[name])
+        if v.shape == w.shape and np.array_equal(v, w):
+            continue
+        if v.ndim == w.ndim >= 1 and v.shape[1:] == w.shape[1:] and v.shape[0] < w.shape[0] \
+                and np.array_equal(v, w[:v.shape[0]]):
+            sizes.add(v.shape[0])
+            continue
+        return 0
+    return sizes.pop() if len(sizes) == 1 else 0
+
+
+def _items(value, whole, b: int) -> bool:
+    v, w = np.asarray(value), np.asarray(whole)
+    if v.ndim < 1 or v.ndim != w.ndim or v.shape[0] != b or w.shape[0] <= b or v.shape[1:] != w.shape[1:]:
+        return False
+    return not _jump(w[:b], v) and np.array_equal(np.isfinite(w[:b]), np.isfinite(v)) \
+        if np.issubdtype(v.dtype, np.floating) else bool(np.array_equal(w[:b], v))
+
+
+def _moved_like(value, clean, noisy):
+    """`value` moved as the twin moved `clean` to `noisy` (the same items of the same picture)."""
+    v = np.asarray(value)
+    if not np.issubdtype(v.dtype, np.floating):
+        return v
+    with np.errstate(invalid="ignore", over="ignore"):
+        moved = v.astype(np.float64) + (np.asarray(noisy, np.float64) - np.asarray(clean, np.float64))
+    return np.where(np.isfinite(moved), moved, np.asarray(noisy)).astype(v.dtype)
 
 
 def _noisy_runs(original, outputs, feeds, clean, seed, as_float16, selected=frozenset()) -> tuple[list[dict], str]:

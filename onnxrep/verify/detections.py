@@ -120,20 +120,42 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 
 
 def detect(y: np.ndarray, conf: float, iou: float, max_det: int) -> list[dict]:
-    """Detections of one image from y [4+nc, A]: per-class NMS. Each: box (x1, y1, x2, y2), score, cls."""
+    """Detections of one image from y [4+nc, A]: per-class NMS, the best max_det. Each: box (x1, y1, x2, y2),
+    score, cls.
+
+    One greedy pass over every (class, anchor) above conf in score order (ties: class, then anchor), a
+    candidate suppressed only by a kept one of its own class: the same detections as NMS class by class
+    then sorted, stopped at max_det (nothing later can change what was kept before)."""
     y = np.asarray(y, np.float64)
     boxes = _boxes(y)
     scores = y[4:]
-    out = []
-    for c in range(scores.shape[0]):
-        sel = np.flatnonzero(scores[c] >= conf)
-        if not sel.size:
-            continue
-        for k in nms(boxes[sel], scores[c, sel], iou):
-            a = int(sel[k])
-            out.append({"box": boxes[a], "score": float(scores[c, a]), "cls": c, "anchor": a})
-    out.sort(key=lambda d: -d["score"])
-    return out[:max_det]
+    cls, anchor = np.nonzero(scores >= conf)   # class-major, anchors ascending
+    if not cls.size:
+        return []
+    order = np.argsort(-scores[cls, anchor], kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_det:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        same = np.flatnonzero(cls[rest] == cls[i])
+        if same.size:
+            drop = ~(_iou(boxes[anchor[i]], boxes[anchor[rest[same]]]) <= iou)   # NaN overlaps suppress too
+            rest = np.delete(rest, same[drop])
+        order = rest
+    return [{"box": boxes[anchor[k]], "score": float(scores[cls[k], anchor[k]]), "cls": int(cls[k]),
+             "anchor": int(anchor[k])} for k in keep]
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of a [N, 4] with every box of b [M, 4] (x1, y1, x2, y2): [N, M]."""
+    a, b = a[:, None, :], b[None, :, :]
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    areas = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    with np.errstate(invalid="ignore", over="ignore"):
+        return inter / np.maximum(areas - inter, 1e-12)
 
 
 @dataclass
@@ -172,6 +194,18 @@ def _boxes(y: np.ndarray) -> np.ndarray:
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
 
 
+def _overlaps(a: list[dict], b: list[dict]) -> list[tuple[float, int, int]]:
+    """(IoU, i, j) of every pair of detections a[i], b[j] of one class that overlap at least 0.5 (a NaN box
+    overlaps nothing), largest IoU first (ties: larger i, then larger j first)."""
+    if not a or not b:
+        return []
+    m = _iou_matrix(np.array([x["box"] for x in a]), np.array([y["box"] for y in b]))
+    same = np.array([x["cls"] for x in a])[:, None] == np.array([y["cls"] for y in b])[None, :]
+    i, j = np.nonzero(same & (m >= 0.5))
+    order = np.lexsort((-j, -i, -m[i, j]))
+    return [(float(m[i[k], j[k]]), int(i[k]), int(j[k])) for k in order]
+
+
 def _unexplained(d: dict, other: np.ndarray, eps: float) -> bool:
     """Is a detection's absence from the other list a real difference? Not when the other model scored the
     same anchor and class within eps with a box over it (IoU >= 0.5): a threshold (conf, NMS, max_det) fell
@@ -204,11 +238,9 @@ def agreement(refs: list[np.ndarray], news: list[np.ndarray], *, conf: float = 0
     worst_gap = -1.0
     for k, (r, n) in enumerate(images):
         a, b = detect(r, conf, iou, max_det), detect(n, conf, iou, max_det)
-        pairs = sorted(((float(_iou(x["box"], y["box"][None])[0]), i, j) for i, x in enumerate(a)
-                        for j, y in enumerate(b) if x["cls"] == y["cls"]), reverse=True)
         used_a, used_b = set(), set()
-        for overlap, i, j in pairs:
-            if overlap < 0.5 or i in used_a or j in used_b:
+        for overlap, i, j in _overlaps(a, b):   # best overlap first
+            if i in used_a or j in used_b:
                 continue
             used_a.add(i)
             used_b.add(j)

@@ -8,6 +8,11 @@ image input (the model's ``imgsz`` metadata, else 640; the width 64 less than th
 symbolic, so a rewrite that swaps H and W shows), else 3, 5, 7... (a new odd value per name, distinct
 from 1, 2 and each other, so a rewrite that confuses two symbolic dims shows).
 
+A sample whose batch is smaller than the one before it repeats that sample's first items (and its other
+inputs): (A, B) at batch 2, then A alone. It proves batch 1 as well, and its noisy twin need not run again:
+the twin's deviation on A is already measured (verify.reference). The default two samples are two
+pictures, with or without a symbolic batch.
+
 Values. Image inputs (float, rank 4, 1 or 3 channels on axis 1 or 3) get smooth random images with edges
 and a little noise in [0, 1], so activations cover the ranges real pictures give; other float inputs
 uniform [0, 1); integer inputs that index a ``Gather`` or an ``Embedding``-style lookup stay below the
@@ -165,6 +170,8 @@ def make_inputs(model: onnx.ModelProto, samples: int = 2, seed: int = 0, shapes:
     limits = _index_limits(model)
     rng = np.random.default_rng(seed)
     feeds = []
+    batched = {vi.name for vi in model.graph.input if vi.name not in init_names and vi.type.HasField("tensor_type")
+               and vi.type.tensor_type.shape.dim and not isinstance(_dims(vi)[0], int) and vi.name not in (shapes or {})}
     for k in range(samples):
         resolved = resolve_shapes(model, k, shapes, batches)
         feed = {}
@@ -195,8 +202,27 @@ def make_inputs(model: onnx.ModelProto, samples: int = 2, seed: int = 0, shapes:
                 high = limits.get(vi.name, 4)
                 value = rng.integers(0, max(high, 1), size=shape).astype(dtype)
             feed[vi.name] = np.asarray(value)   # rank 0 too: onnxruntime wants arrays, not numpy scalars
-        feeds.append(feed)
+        feeds.append(_first_items(feeds[-1], feed, batched) if feeds else feed)
     return feeds
+
+
+def _first_items(before: dict, feed: dict, batched: set) -> dict:
+    """`feed` as the first items of the sample `before` it, when it differs from it only by a smaller batch
+    (see the module docstring); else `feed`."""
+    if not batched or set(feed) != set(before):
+        return feed
+    same = True
+    for name, value in feed.items():
+        old = before[name]
+        if name in batched:
+            same = same and np.ndim(value) == np.ndim(old) >= 1 and value.shape[1:] == old.shape[1:] \
+                and value.shape[0] < old.shape[0]
+        else:
+            same = same and np.shape(value) == np.shape(old) and value.dtype == old.dtype
+    if not same:
+        return feed
+    return {name: (before[name][:feed[name].shape[0]].copy() if name in batched else before[name])
+            for name in feed}
 
 
 def load_input_data(path: str | os.PathLike) -> list[dict]:

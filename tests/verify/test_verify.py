@@ -273,6 +273,33 @@ def test_mutation_sweep_fast(dtype):
         assert must == detected == total, (detected, must, total)
 
 
+def test_mutation_sweep_dynamic_batch():
+    """A symbolic batch: the twin runs on the batch-2 sample only (the batch-1 sample is its first item, the
+    twin's deviation there taken from it), and the sample of the sweep is still caught whole."""
+    models = pytest.importorskip("models")
+    original = models.build("yolov9-t", "bn", imgsz=160, batch="batch")
+    optimized = onnxrep.optimize(original, verify=False).model
+    assert reference(original).derived == {1: 0}
+    total, detected, must, missed = _sweep(original, optimized, every=12, **SWEEPS["float32"])
+    assert total >= 20 and not missed and must == detected == total, (detected, must, total)
+
+
+def test_derived_twin_matches_a_twin_run():
+    """The twin's deviation on the batch-1 sample, taken from the batch-2 run's first item, gives the levels a
+    twin run on that sample gives (within rounding of rounding), output by output."""
+    models = pytest.importorskip("models")
+    original = models.build("yolov9-t", "bn", imgsz=160, batch="batch")
+    ref = reference(original)
+    assert ref.derived == {1: 0} and [np.shape(f["images"])[0] for f in ref.feeds] == [2, 1]
+    ran = reference(original, feeds=[ref.feeds[1]])   # the twin run on the batch-1 sample itself
+    assert not ran.derived
+    for name in ref.outputs:
+        derived = np.abs(np.asarray(ref.noisy[1][name], np.float64) - ref.clean[1][name])
+        own = np.abs(np.asarray(ran.noisy[0][name], np.float64) - ran.clean[0][name])
+        assert np.array_equal(ref.clean[1][name], ran.clean[0][name])
+        assert 0.5 * own.max() <= derived.max() <= 2 * own.max(), (name, derived.max(), own.max())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_mutation_sweep_every_conv(dtype):
