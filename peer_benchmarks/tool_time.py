@@ -105,7 +105,10 @@ def bench(path: Path, runs: int, timeout: float, only: list[str] | None) -> dict
             for name, argv in cmds.items():
                 for f in Path(tmp).iterdir():
                     f.unlink()
-                r = _run(argv, timeout)
+                report = os.path.join(tmp, "report.json")
+                r = _run(argv + (["--json", report] if "optimize" in argv else []), timeout)
+                if "optimize" in argv and os.path.exists(report):   # where the time went, by onnxrep's own account
+                    r["seconds"] = json.loads(Path(report).read_text()).get("seconds", {})
                 rows.setdefault(name, []).append(r)
                 print(f"  {path.name:34s} {name:28s} {r['wall_s']:7.2f} s {r['rss_mb']:7.0f} MB  exit {r['exit']}"
                       f"{'  ' + r['error'] if r['error'] else ''}", flush=True)
@@ -115,6 +118,10 @@ def bench(path: Path, runs: int, timeout: float, only: list[str] | None) -> dict
         out[name] = {"wall_s": statistics.median(r["wall_s"] for r in ok) if ok else None,
                      "rss_mb": statistics.median(r["rss_mb"] for r in ok) if ok else None,
                      "runs": len(rs), "failed": len(rs) - len(ok)}
+        stages = {k for r in ok for k in r.get("seconds", {})}
+        if stages:   # the run's stages (load, optimize, verify, ...), median over the runs
+            out[name]["seconds"] = {k: round(statistics.median(r.get("seconds", {}).get(k, 0.0) for r in ok), 2)
+                                    for k in sorted(stages)}
     judged = []
     for row, against, limit, what in TARGETS:
         a, b = out.get(row, {}), out.get(against, {})
@@ -134,7 +141,9 @@ def _table(results: list[dict]) -> str:
         cells = []
         for r in results:
             x = r["rows"].get(n)
-            cells.append(f"{x['wall_s']:.1f} s, {x['rss_mb'] / 1024:.2f} GB" if x and x["wall_s"] else "—")
+            verify = (x or {}).get("seconds", {}).get("verify")
+            cells.append(f"{x['wall_s']:.1f} s, {x['rss_mb'] / 1024:.2f} GB" + (f" (verify {verify:.1f} s)" if verify else "")
+                         if x and x["wall_s"] else "—")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", "| target (issue 28) | " + " | ".join(Path(r["model"]).name for r in results) + " |",
               "|---|" + "---|" * len(results)]

@@ -87,6 +87,60 @@ def test_two_samples_symbolic_batch_two_then_one():
     assert parse_shapes(["x:3,4,8,8"]) == {"x": [3, 4, 8, 8]}
 
 
+def test_the_batch_one_sample_is_the_batch_two_samples_first_item():
+    """Two pictures with a symbolic batch as without one: (A, B) at batch 2, then A alone; inputs without the
+    batch are the same in both."""
+    model = conv_bn(batch="N")
+    a, b = make_inputs(model)
+    assert np.array_equal(b["x"], a["x"][:1]) and not np.array_equal(a["x"][0], a["x"][1])
+    static = make_inputs(conv_bn(), 2)
+    assert not np.array_equal(static[0]["x"], static[1]["x"])
+
+
+def _batch_mixer(mix: bool):
+    """y = x - mean over the batch (mix) or x - mean over its channels: per item or not, the same shapes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0 if mix else 1], keepdims=1),
+             helper.make_node("Sub", ["x", "m"], ["y"])]
+    return make_model(nodes, [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], opset=17)
+
+
+def test_the_original_is_not_run_again_on_a_first_item():
+    """The batch-1 sample's reference is the batch-2 run's first item; the report says so."""
+    model = _batch_mixer(mix=False)
+    result = verify(model, model)
+    assert result.ok and result.borrowed == {1: 0}
+    assert any("sample 1 is sample 0's first items" in line for line in result.lines())
+    assert reference(model).borrowed == {}                      # only verify() borrows
+    assert reference(model, borrow=True).borrowed == {1: 0}
+
+
+def test_an_original_that_mixes_the_batch_is_run_on_each_sample():
+    """Borrowing assumed the items independent; where they are not, the original runs on the batch-1 sample
+    before anything fails: the same model verifies, a changed one still fails."""
+    model = _batch_mixer(mix=True)
+    same = verify(model, model)
+    assert same.ok and same.borrowed == {}, same.lines()
+    other = _batch_mixer(mix=True)
+    other.graph.node[1].op_type = "Add"
+    bad = verify(model, other)
+    assert not bad.ok and bad.borrowed == {}
+
+
+def test_no_borrowing_for_a_fixed_or_selected_first_axis():
+    """An output whose axis 0 is declared fixed, or one chosen through a TopK index, is no batch of items."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])
+    fixed = make_model([helper.make_node("Identity", ["x"], ["y"])], [x],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], opset=17)
+    ref = reference(fixed, borrow=True, feeds=[{"x": np.ones((2, 6), np.float32)}, {"x": np.ones((1, 6), np.float32)}])
+    assert ref.borrowed == {}
+    k = init("k", np.array([3], np.int64))
+    top = make_model([helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1),
+                      helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], [x], [vi("y")], [k], opset=17)
+    feeds = make_inputs(top)
+    assert verify(top, top).borrowed == {} and np.array_equal(feeds[1]["x"], feeds[0]["x"][:1])
+
+
 def test_equal_dim_params_get_equal_sizes_and_different_ones_differ():
     model = _two_inputs(["N", "T", 5], ["N", "S", "T"])
     for k in range(2):
