@@ -86,12 +86,15 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
     """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`.
     prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's).
 
-    The whole final model runs on the first sample, and its head tensor must equal `before`'s bit for bit:
-    the graph up to the head is the same. On the other samples only its tail runs (the adapter's nodes, fed
-    `before`'s head tensor): one model run instead of one per sample."""
+    The whole final model runs on the smallest sample (batch 1 where the batch is symbolic), and its head
+    tensor must equal `before`'s bit for bit: the graph up to the head is the same. On the other samples only
+    its tail runs (the adapter's nodes, fed `before`'s head tensor): one model run instead of one per sample.
+    The results are in the samples' order."""
     opts, head = deployed.options, deployed.head
     if prev is None or any(source not in p for p in prev):
         prev = _run(before, feeds, [source])
+    first = min(range(len(feeds)), key=lambda k: sum(np.size(v) for v in feeds[k].values()))
+    rest = [k for k in range(len(feeds)) if k != first]
     bad = []
     if opts.nms == "trt":
         node = _trt_node(final)
@@ -100,13 +103,14 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
     else:
         names = [o.name for o in final.graph.output]
     names = [n for n in names if n != head.output]
-    got = _run(final, feeds[:1], names + [head.output])
-    if len(feeds) > 1:   # the tail computes what the adapter made (other outputs, a YOLOv7's raw levels, aside)
+    got = {first: _run(final, [feeds[first]], names + [head.output])[0]}
+    if rest:   # the tail computes what the adapter made (other outputs, a YOLOv7's raw levels, aside)
         made = (list(OUTPUTS) if opts.nms == "ort" else names if opts.nms == "trt" else list(deployed.outputs.values()))
         made = [n for n in names if n in made]
-        rest = _run(_tail(final, head, made), [{head.output: p[source]} for p in prev[1:]], made)
-        got += [{**r, head.output: p[source]} for r, p in zip(rest, prev[1:])]
-    exact_head = _same(prev[0][source], got[0][head.output])
+        tails = _run(_tail(final, head, made), [{head.output: prev[k][source]} for k in rest], made)
+        got.update({k: {**r, head.output: prev[k][source]} for k, r in zip(rest, tails)})
+    exact_head = _same(prev[first][source], got[first][head.output])
+    got = [got[k] for k in range(len(feeds))]
     return exact_head, _differing(final, deployed, settings, got), bad, got
 
 

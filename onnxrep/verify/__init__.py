@@ -574,6 +574,7 @@ def _agreements(original, pairs, ref: Reference, gots: list[dict], settings: dic
         layout = layouts.get(a)
         if layout is None or not np.issubdtype(first.dtype, np.floating):
             continue
+        found = {}   # the reference's detections, shared by the twin's and the result's agreement
         try:
             clean = [detection_view(c, a, layout) for c in ref.clean]
             eps, twin = None, None
@@ -581,11 +582,11 @@ def _agreements(original, pairs, ref: Reference, gots: list[dict], settings: dic
                 noisy = [detection_view(n, a, layout, dtype=first.dtype) for n in ref.noisy]
                 eps = EPS_FACTOR * max(float(np.max(np.abs(c[:, 4:] - n[:, 4:]), initial=0.0))
                                        for c, n in zip(clean, noisy))
-                twin = agreement(clean, noisy, eps=eps, **options)
+                twin = agreement(clean, noisy, eps=eps, cache=found, **options)
             news = [detection_view({**g, a: g[b]}, a, layout, rename=dict(pairs), dtype=first.dtype) for g in gots]
         except KeyError:   # a split head's scores output is not among the compared ones
             continue
-        result = agreement(clean, news, eps=eps, **options)
+        result = agreement(clean, news, eps=eps, cache=found, **options)
         required = minimum if twin is None else min(minimum, 1.0 - TWIN_SLACK * (1.0 - twin.rate))
         line = result.line() + (f" [{layout.split(':')[0]}]" if layout != "anchors-last" else "")
         if required < minimum:

@@ -216,7 +216,8 @@ def _unexplained(d: dict, other: np.ndarray, eps: float) -> bool:
 
 
 def agreement(refs: list[np.ndarray], news: list[np.ndarray], *, conf: float = 0.25, iou: float = 0.45,
-              max_det: int = 300, min_detections: int = 20, eps: float | None = None) -> Agreement:
+              max_det: int = 300, min_detections: int = 20, eps: float | None = None,
+              cache: dict | None = None) -> Agreement:
     """refs/news: YOLO outputs [B, 4+nc, A] of the reference and the other model, sample by sample.
 
     eps: the score error that makes a tie. verify() passes the one it measured with the float32 model's
@@ -224,8 +225,16 @@ def agreement(refs: list[np.ndarray], news: list[np.ndarray], *, conf: float = 0
     of the scores that matter (at least half the cut in either model) stands in: a broken model that moves
     a few scores far cannot widen it (the largest difference would; that is why it is not used)."""
     images = [(r[i], n[i]) for r, n in zip(refs, news) for i in range(r.shape[0])]
+    cache = {} if cache is None else cache   # the reference's detections, by (sample, item, conf): each found once
+
+    def found(k: int, conf: float) -> list[dict]:
+        key = (id(refs[0]), k, conf, iou, max_det)
+        if key not in cache:
+            cache[key] = detect(images[k][0], conf, iou, max_det)
+        return cache[key]
+
     lowered = False
-    if sum(len(detect(r, conf, iou, max_det)) for r, _ in images) < min_detections:
+    if sum(len(found(k, conf)) for k in range(len(images))) < min_detections:
         best = np.sort(np.concatenate([np.asarray(r[4:], np.float64).max(0) for r, _ in images]))[::-1]
         conf = float(best[min(299, best.size - 1)])
         lowered = True
@@ -237,7 +246,7 @@ def agreement(refs: list[np.ndarray], news: list[np.ndarray], *, conf: float = 0
     ious, score_diffs = [], []
     worst_gap = -1.0
     for k, (r, n) in enumerate(images):
-        a, b = detect(r, conf, iou, max_det), detect(n, conf, iou, max_det)
+        a, b = found(k, conf), detect(n, conf, iou, max_det)
         used_a, used_b = set(), set()
         for overlap, i, j in _overlaps(a, b):   # best overlap first
             if i in used_a or j in used_b:
