@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import onnx
 
@@ -29,6 +30,7 @@ class Result:
     verification: Verification | None
     source: _io.LoadInfo | None = None   # how the input was stored, when it came from a file
     allow_unverified: bool = False
+    door: Callable | None = None   # execute(defer_door=True): onnxruntime's load check, for io.save(check=...)
 
     @property
     def verified(self) -> bool:

@@ -195,7 +195,7 @@ def optimize(model, output_arg, output, in_place, force, no_verify, allow_unveri
                                      **pass_options)
     progress = Progress(not quiet)
     try:
-        result = execute(model, options, progress)
+        result = execute(model, options, progress, defer_door=True)
     finally:
         progress.done()
     report = result.report
@@ -204,7 +204,7 @@ def optimize(model, output_arg, output, in_place, force, no_verify, allow_unveri
         use_external = external_data
         if use_external is None and result.source is not None and result.source.external_data:
             use_external = True
-        report.after.file_bytes = io.save(result.model, out, external_data=use_external)
+        report.after.file_bytes = io.save(result.model, out, external_data=use_external, check=result.door)
         report.output = str(out)
         progress.done()
     if not quiet and json_path != "-":  # `--json -` makes stdout the JSON, and nothing else

@@ -24,8 +24,9 @@ def checker_error(model: onnx.ModelProto, full: bool = True) -> str | None:
     return None
 
 
-def load_error(model: onnx.ModelProto) -> str | None:
-    """onnxruntime's complaint when it cannot make a session of the model, or None."""
+def load_error(model) -> str | None:
+    """onnxruntime's complaint when it cannot make a session of the model (a ModelProto, or the file written:
+    its very bytes, no copy made to load it), or None."""
     from onnxrep.verify.runtime import session
 
     try:

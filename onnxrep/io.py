@@ -11,6 +11,7 @@ import mmap
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -203,11 +204,14 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return a.resolve() == b.resolve()
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> int:
+def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None,
+         check: Callable | None = None) -> int:
     """Write `model` atomically to `path`; returns the bytes written (model plus external data).
 
     external_data None: only when the tensors would not fit in one protobuf (over 2 GB).
     The external data file is ``<name>.data`` beside the model, as PyTorch's exporter writes it.
+    check: called with the written temporary file before it takes `path`'s name (an exception leaves nothing
+    written); with external data (whose file name the model records) it is called with None before writing.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -217,6 +221,9 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
         raise OnnxrepError(f"{path}: output folder {str(folder)!r} is not writable")
     if external_data is None:
         external_data = tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+    if check is not None and external_data:
+        check(None)
+        check = None
     data_name = path.name + ".data"
     temps: list[Path] = []
     try:
@@ -232,6 +239,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | 
                 _write_model(fh, model)
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            check(tmp_model)
         if tmp_data is not None:
             os.replace(tmp_data, folder / data_name)
         os.replace(tmp_model, path)

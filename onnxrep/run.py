@@ -73,6 +73,8 @@ class Run:
     loaded: set = field(default_factory=set)     # ids of models an onnxruntime session was made of
     seconds: dict = field(default_factory=dict)
     report: Report | None = None
+    defer_door: bool = False                     # the caller writes the result: onnxruntime loads the file written
+    door: Callable | None = None                 # then: the check it calls on that file (check_loads)
 
     def verification_feeds(self) -> list[dict]:
         if self.feeds is None:
@@ -351,11 +353,23 @@ def check_adapters(r: Run) -> None:
 
 def check_loads(r: Run) -> None:
     """onnxruntime loads what will be written (where it loads the original): already proven when a check
-    ran it, else a session is made now (--no-verify)."""
+    ran it, else a session is made now (--no-verify), or of the file itself when the caller writes it
+    (defer_door: the CLI's io.save calls r.door on the written file before it takes the output's name)."""
+    final = r.deployed.model if r.deployed else r.model
+    if id(final) in r.loaded:
+        return
+    if r.defer_door:
+        r.door = lambda path=None: _door(r, final if path is None else path)
+        return
+    _door(r, final)
+
+
+def _door(r: Run, written) -> None:
+    """InvalidModelError naming the stage that broke it, unless onnxruntime loads `written` (the final model,
+    or the file it was written to)."""
     from onnxrep.door import culprit, load_error
 
-    final = r.deployed.model if r.deployed else r.model
-    if id(final) in r.loaded or load_error(final) is None:
+    if load_error(written) is None:
         return
     if load_error(r.original) is not None:
         return   # onnxruntime can't load the original either: not ours to prove
@@ -434,11 +448,13 @@ STAGES = (
 )
 
 
-def execute(model_or_path, options: RunOptions, on_step=None, stages=STAGES):
-    """Load the model and run the stages (see the module docstring); returns onnxrep.Result."""
+def execute(model_or_path, options: RunOptions, on_step=None, stages=STAGES, defer_door: bool = False):
+    """Load the model and run the stages (see the module docstring); returns onnxrep.Result. defer_door: the
+    caller writes the result with io.save(..., check=result.door), and onnxruntime's load check of a model no
+    proof ran is made on the file written instead of a copy of its own."""
     from onnxrep import Result
 
-    r = Run(options=options, step=on_step or (lambda _msg: None))
+    r = Run(options=options, step=on_step or (lambda _msg: None), defer_door=defer_door)
     load(r, model_or_path)
     for stage in stages:
         if stage.when(r):
@@ -449,4 +465,4 @@ def execute(model_or_path, options: RunOptions, on_step=None, stages=STAGES):
             if r.deployed is not None and r.history[-1][1] is not r.deployed.model:
                 r.history.append((stage.name, r.deployed.model))
     return Result(model=r.model, report=r.report, verification=r.verification, source=r.info,
-                  allow_unverified=options.verify.allow_unverified)
+                  allow_unverified=options.verify.allow_unverified, door=r.door)

@@ -104,3 +104,51 @@ def test_usage_errors_come_before_any_model_run(monkeypatch):
             onnxrep.optimize(models.build("yolov9-t", "bn", imgsz=160), aux="keep", nms="ort", **extra)
     with pytest.raises(OnnxrepError, match="--fp32-nodes: no node named 'nothing'"):
         onnxrep.optimize(models.build("yolov9-t", "bn", imgsz=160), precision="fp16", fp32_nodes=["nothing"])
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_the_cli_checks_the_file_it_writes(tmp_path, monkeypatch, external):
+    """The CLI's --no-verify run loads the very file it wrote in onnxruntime before the file takes the
+    output's name (with external data, whose file name the model records, the model before writing): a
+    stage that breaks loading writes nothing, leaves no temporary file, and is named."""
+    import onnxrep.run
+
+    calls = []
+    real_load_error = onnxrep.door.load_error
+
+    def load_error(model):
+        calls.append(model if isinstance(model, onnx.ModelProto) else str(model))
+        return real_load_error(model)
+
+    monkeypatch.setattr(onnxrep.door, "load_error", load_error)
+
+    def corrupt(r):
+        m = onnx.ModelProto()
+        m.CopyFrom(r.model)
+        # an op no runtime knows, that the checker (no schema for its domain) lets through: ORT refuses the file
+        m.graph.node.append(onnx.helper.make_node("Nowhere", [m.graph.input[0].name], ["unused"], domain="com.test"))
+        m.opset_import.append(onnx.helper.make_opsetid("com.test", 1))
+        r.model = m
+
+    real = onnxrep.run.execute
+    stages = list(STAGES)
+    stages.insert([s.name for s in stages].index("passes") + 1, Stage("corrupt", "a test's broken stage", corrupt))
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(conv_bn(), src)
+    flags = ["--external-data"] if external else []
+    healthy = CliRunner().invoke(main, ["optimize", str(src), "-o", str(out), "--no-verify", *flags])
+    assert healthy.exit_code == 0, healthy.output
+    files = [c for c in calls if isinstance(c, str)]
+    if external:
+        assert not files and len(calls) == 1, calls
+    else:   # the temporary file, before it was renamed
+        assert len(calls) == 1 and len(files) == 1 and files[0] != str(out), calls
+        assert files[0].startswith(str(tmp_path / ".out.onnx.")), files
+    out.unlink()
+    for f in tmp_path.glob("out.onnx*"):
+        f.unlink()
+    monkeypatch.setattr(onnxrep.run, "execute", lambda *a, **k: real(*a, stages=stages, **k))
+    result = CliRunner().invoke(main, ["optimize", str(src), "-o", str(out), "--no-verify", *flags])
+    assert result.exit_code == 3, result.output
+    assert "stage corrupt turned a valid model into an invalid one (onnxruntime:" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"]

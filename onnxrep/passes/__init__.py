@@ -59,14 +59,23 @@ def run_pipeline(graph: gs.Graph, ctx: Context, pipeline=DEFAULT_PIPELINE, on_pa
     """
     totals = {p.name: PassResult() for p in pipeline}
     ctx.facts["pipeline"] = {"rounds": 0, "converged": True}
+    changes, seen = 0, {}   # how many passes changed the graph so far; pass -> that count when it last ran
     for rounds in range(1, _MAX_ROUNDS + 1):
         changed = False
         for p in pipeline:
+            if seen.get(p.name) == changes:   # nothing changed the graph since this pass left it unchanged,
+                continue                      # or at its own fixed point (an idempotent pass): it would not
+            seen[p.name] = changes
             if on_pass:
                 on_pass(p.name)
             with at_opset(ctx.opset):   # constants are evaluated at the model's own opset
                 res = p.run(graph, ctx)
-            eliminate_dead_code(graph)
+            if rounds == 1 or res.changed:   # an unchanged graph is as clean and sorted as it was
+                eliminate_dead_code(graph)
+            if res.changed:
+                changes += 1
+                if res.settled:   # it repeated its own rules until they found nothing
+                    seen[p.name] = changes
             if after_pass:
                 after_pass(p.name, graph)
             total = totals[p.name]

@@ -20,6 +20,8 @@ class PassResult:
     count: int = 0                                  # rewrites applied
     notes: list[str] = field(default_factory=list)  # one line per declined candidate: "<node>: <reason>"
     info: dict = field(default_factory=dict)        # pass-specific facts for the report (e.g. dropped outputs)
+    settled: bool = False                           # the pass ran its rules until they found nothing more: run
+                                                    # again on the graph it left, it would change nothing
 
     def decline(self, node: gs.Node | str, reason: str) -> None:
         name = node if isinstance(node, str) else (node.name or node.op)

@@ -56,6 +56,7 @@ class Canonicalize:
             remove_noops(graph, types, result, stats)
             drop_zero_biases(graph, result, stats)
             if result.count == before:
+                result.settled = True   # a sweep that found nothing: the next would find nothing either
                 break
         result.info["canonicalize"] = dict(sorted(stats.items()))
         return result
@@ -72,6 +73,9 @@ class Tidy:
             before = result.count
             merge_duplicate_nodes(graph, result, stats)
             if result.count == before:
+                # merged nodes make no new equal initializers, and value_info is refreshed last: run again, tidy
+                # would find nothing
+                result.settled = True
                 break
             eliminate_dead_code(graph)
         eliminate_dead_code(graph)
