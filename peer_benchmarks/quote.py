@@ -199,7 +199,9 @@ def _tool_time(name: str, command: str) -> str:
         cells = []
         for r in results:
             x = r["rows"].get(n)
-            cells.append(f"{x['wall_s']:.1f} s, {x['rss_mb'] / 1024:.2f} GB" if x and x.get("wall_s") else "–")
+            verify = (x or {}).get("seconds", {}).get("verify")   # onnxrep's own account of its proof
+            cells.append(f"{x['wall_s']:.1f} s, {x['rss_mb'] / 1024:.2f} GB" + (f" (verify {verify:.1f} s)" if verify else "")
+                         if x and x.get("wall_s") else "–")
         lines.append(f"| `{n}` | " + " | ".join(cells) + " |")
     judged = list(dict.fromkeys((t["row"], t["against"], t["measure"], t["limit"]) for r in results for t in r["targets"]))
     if judged:
@@ -212,7 +214,8 @@ def _tool_time(name: str, command: str) -> str:
                 cells.append("–" if t is None else f"{t['ratio']:.2f} {'PASS' if t['pass'] else 'FAIL'}")
             lines.append(f"| {what} of `{row}` / `{against}` ≤ {limit} | " + " | ".join(cells) + " |")
     how = (f"wall time and peak RSS of the whole process, median of {meta.get('runs', '?')} runs, each command in "
-           f"a fresh process")
+           f"a fresh process" + ("; in brackets the verification's share, as onnxrep's report times it"
+                                 if any("seconds" in x for r in results for x in r["rows"].values()) else ""))
     return ("\n".join(lines) + "\n\n" + f"*{how}; `peer_benchmarks/results/{name}`, measured "
             f"{meta.get('date', 'date not recorded')} on {meta.get('machine', 'machine not recorded')} "
             f"(onnxruntime {meta.get('onnxruntime', '?')}), by `{(meta.get('command') or command).strip()}`.*\n")
