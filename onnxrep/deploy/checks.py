@@ -86,14 +86,14 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
     """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`.
     prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's).
 
-    The whole final model runs on the smallest sample (batch 1 where the batch is symbolic), and its head
-    tensor must equal `before`'s bit for bit: the graph up to the head is the same. On the other samples only
-    its tail runs (the adapter's nodes, fed `before`'s head tensor): one model run instead of one per sample.
-    The results are in the samples' order."""
+    The whole final model runs on the largest sample (batch 2 where the batch is symbolic: an adapter that
+    baked batch 1 into the graph shows there), and its head tensor must equal `before`'s bit for bit: the graph
+    up to the head is the same. On the other samples only its tail runs (the adapter's nodes, fed `before`'s
+    head tensor): one model run instead of one per sample. The results are in the samples' order."""
     opts, head = deployed.options, deployed.head
     if prev is None or any(source not in p for p in prev):
         prev = _run(before, feeds, [source])
-    first = min(range(len(feeds)), key=lambda k: sum(np.size(v) for v in feeds[k].values()))
+    first = max(range(len(feeds)), key=lambda k: sum(np.size(v) for v in feeds[k].values()))
     rest = [k for k in range(len(feeds)) if k != first]
     bad = []
     if opts.nms == "trt":

@@ -46,8 +46,6 @@ class Verification:
     noise_error: str = ""
     agreements: dict = field(default_factory=dict)   # output -> detection agreement (float16 results)
     deploy: list = field(default_factory=list)       # the deployment adapters' checks (onnxrep/deploy)
-    borrowed: dict = field(default_factory=dict)     # sample -> the sample whose first items it is, where the
-                                                     # original's outputs were that run's (Reference.borrowed)
     values: list = field(default_factory=list, repr=False)   # per sample, the optimized model's compared outputs
     levels: dict = field(default_factory=dict, repr=False)   # optimized output -> its tolerance level (tolerance.py)
 
@@ -74,8 +72,6 @@ class Verification:
         if not self.outputs and self.skipped_reason:
             out.append(f"verification FAILED: {self.skipped_reason}")
         shapes = "; ".join(", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in s.items()) for s in self.shapes)
-        shapes += "".join(f" (sample {k} is sample {j}'s first items: the original's outputs for it taken from "
-                          f"that run)" for k, j in sorted(self.borrowed.items()))
         for o in self.outputs:
             status = "ok" if o.ok else "FAIL"
             noise = (f"noise level {o.noise:.3g} x{o.noise_factor:g}" if o.noise_measured
@@ -142,8 +138,6 @@ class Reference:
     as_float16: bool = False     # the twin was perturbed at float16's step
     derived: dict = field(default_factory=dict)   # sample -> the earlier sample whose first items it is: the
                                                   # twin's deviation taken from there, not run again
-    borrowed: dict = field(default_factory=dict)  # sample -> that earlier sample, when the original did not run
-                                                  # on it either (its outputs are the earlier run's first items)
 
     @property
     def ran(self) -> bool:
@@ -171,15 +165,15 @@ NOISE_SAMPLES = None
 
 def reference(original, *, outputs: list[str] | None = None, samples: int = 2, seed: int = 0,
               shapes: dict | None = None, feeds: list[dict] | None = None, as_float16: bool = False,
-              selected: set | frozenset = frozenset(), borrow: bool = False) -> Reference:
+              selected: set | frozenset = frozenset()) -> Reference:
     """Run the original, cut to the cone of `outputs` (default: all of them), on the verification inputs,
     then its noisy twin (verify/noise.py) on NOISE_SAMPLES of them. One session at a time; the
     ModelProto is borrowed, never changed.
 
     A sample that is an earlier one's first items (verify/inputs.py: batch 1 after batch 2) gets the twin's
-    deviation from that earlier run. borrow: its outputs too, the original not run on it, where every output
-    has the batch on axis 0 and none is chosen through a selection (verify() asks for this, and runs the
-    original on it after all before it reports a failure: an original that mixes the items of a batch)."""
+    deviation from that earlier run. The original itself runs on every sample: its batch-1 behaviour is what
+    the batch-1 sample proves (a Squeeze without axes, a division by the batch size, a Reshape to a literal
+    batch: none of them computes at batch 1 what it computes for the first item at batch 2)."""
     original = _as_model(original)
     outputs = [o.name for o in original.graph.output] if outputs is None else list(outputs)
     try:
@@ -189,16 +183,8 @@ def reference(original, *, outputs: list[str] | None = None, samples: int = 2, s
     if feeds is None:
         feeds = make_inputs(original, samples, seed, shapes)
     check_feeds(feeds, sess)
-    clean, borrowed = [], {}
-    declared = {o.name: _dims(o) for o in original.graph.output}
-    for k, feed in enumerate(feeds):
-        j, sizes = next(((j, p) for j in range(k) if j not in borrowed and (p := _prefix(feed, feeds[j]))),
-                        (None, None))
-        items = _first_items(clean[j], outputs, sizes, selected, declared) if borrow and sizes else None
-        if items is not None:
-            clean.append(items)
-            borrowed[k] = j
-            continue
+    clean = []
+    for feed in feeds:
         try:
             clean.append(dict(zip(outputs, sess.run(outputs, feed))))
         except Exception as exc:  # noqa: BLE001
@@ -215,27 +201,7 @@ def reference(original, *, outputs: list[str] | None = None, samples: int = 2, s
             by_sample[k] = {o: _moved_like(clean[k][o], clean[j][o][:b], by_sample[j][o][:b]) for o in outputs}
         noisy = [by_sample[k] for k in range(len(feeds_noisy))]
     return Reference(outputs, feeds, clean, noisy, not error, noise_error=error, as_float16=as_float16,
-                     derived={k: j for k, (j, _) in derived.items()} if noisy else {}, borrowed=borrowed)
-
-
-def _dims(vi) -> list:
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] \
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") else []
-
-
-def _first_items(outputs_of: dict, outputs: list[str], sizes: tuple[int, int], selected, declared: dict) -> dict | None:
-    """The first b items of each output of an earlier run at batch B (sizes: (b, B)), or None unless every
-    output has the batch on axis 0 (B there, its declared axis 0 not a fixed size, none chosen through a
-    selection)."""
-    b, whole = sizes
-    items = {}
-    for o in outputs:
-        v = np.asarray(outputs_of[o])
-        fixed = declared.get(o, [None])[:1] not in ([], [None], [0])
-        if o in selected or v.ndim < 1 or v.shape[0] != whole or fixed:
-            return None
-        items[o] = v[:b].copy()
-    return items
+                     derived={k: j for k, (j, _) in derived.items()} if noisy else {})
 
 
 def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], selected) -> dict[int, tuple[int, int]]:
@@ -439,20 +405,13 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     compared = pairs + [k for k in scored if k not in pairs]
     selected = reached & {a for a, _ in compared}
     ref = ref or reference(original, outputs=[a for a, _ in compared], samples=samples, seed=seed, shapes=shapes,
-                           feeds=feeds, as_float16=precision == "fp16", selected=selected, borrow=True)
+                           feeds=feeds, as_float16=precision == "fp16", selected=selected)
     if not ref.ran:
         return Verification(ran=False, ok=False, skipped_reason=ref.skipped_reason)
-    judge = dict(original=original, optimized=optimized, compared=compared, selected=selected, scored=scored,
-                 unmatched=unmatched, pairs=pairs, missing=missing, unexpected=unexpected, not_compared=not_compared,
-                 reached=reached, rtol=rtol, atol=atol, noise_factor=noise_factor, precision=precision,
-                 detections=detections, stack=stack)
-    result = _judge(ref, **judge)
-    if not result.ok and ref.borrowed and result.outputs and not (missing or unexpected or result.skipped_reason):
-        # an original may mix the items of a batch: before a failure is reported, it runs on those samples itself
-        ref = reference(original, outputs=ref.outputs, feeds=ref.feeds, seed=seed, as_float16=ref.as_float16,
-                        selected=selected)
-        result = _judge(ref, **judge) if ref.ran else Verification(ran=False, ok=False, skipped_reason=ref.skipped_reason)
-    return result
+    return _judge(ref, original=original, optimized=optimized, compared=compared, selected=selected, scored=scored,
+                  unmatched=unmatched, pairs=pairs, missing=missing, unexpected=unexpected, not_compared=not_compared,
+                  reached=reached, rtol=rtol, atol=atol, noise_factor=noise_factor, precision=precision,
+                  detections=detections, stack=stack)
 
 
 def _judge(ref: Reference, *, original, optimized, compared, selected, scored, unmatched, pairs, missing, unexpected,
@@ -512,7 +471,7 @@ def _judge(ref: Reference, *, original, optimized, compared, selected, scored, u
                         renamed={a: b for a, b in pairs if a != b}, missing=missing, unexpected=unexpected,
                         not_compared=not_compared, shapes=[{k: list(np.shape(v)) for k, v in f.items()} for f in ref.feeds],
                         noise_measured=ref.noise_measured, noise_error=ref.noise_error, values=gots,
-                        levels=levels, deploy=deploy, borrowed=dict(ref.borrowed))
+                        levels=levels, deploy=deploy)
 
 
 def _batch_of(feed: dict, batched: set) -> int:
