@@ -139,8 +139,16 @@ def _perturb(t: onnx.TensorProto, rng: np.random.Generator, step: float | None) 
     if a.size < 2:
         return None
     e = ULP[t.data_type] if step is None else max(step, ULP[t.data_type])
-    moved = (a.astype(np.float64) * (1.0 + e * _draw(rng, a.shape, _uniform(t.data_type, e)))).astype(a.dtype)
+    moved = (a.astype(np.float64) * _factor(rng, a.shape, e, _uniform(t.data_type, e))).astype(a.dtype)
     return numpy_helper.from_array(moved, t.name or None)
+
+
+def _factor(rng: np.random.Generator, shape, e: float, coarse: bool) -> np.ndarray:
+    """1 + e·u with u from _draw (float64), in one pass where u is +-1: the same numbers, as 1 + e·(-1) is
+    exactly 1 - e."""
+    if coarse:
+        return 1.0 + e * _draw(rng, shape, coarse)
+    return np.where(rng.random(shape) < 0.5, 1.0 - e, 1.0 + e)
 
 
 class Perturbation:
