@@ -47,7 +47,7 @@ def count_macs(model: onnx.ModelProto, only: set[str] | None = None,
     """MACs as ir.counts counts them, shape arithmetic folded by canonicalize when inference alone can't
     size a linear op (TorchScript's dynamic-batch exports). canonical: that view already made (the run's
     own canonicalize pass made it of this very model: run.py), so it is not made twice."""
-    return _count_macs(model, only, refine=(lambda _view: canonical) if canonical is not None else _canonical_view)
+    return _count_macs(model, only, refine=_canonical_view, prefer=canonical)
 
 
 def model_stats(model: onnx.ModelProto, file_bytes: int | None = None, macs: bool = True,

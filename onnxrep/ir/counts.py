@@ -77,22 +77,29 @@ def _inferred(view: onnx.ModelProto) -> tuple[onnx.GraphProto, dict, int]:
     return g, {name: _dims(vi) for name, vi in values.items()}, unknown
 
 
-def count_macs(model: onnx.ModelProto, only: set[str] | None = None, refine=None) -> int:
+def count_macs(model: onnx.ModelProto, only: set[str] | None = None, refine=None,
+               prefer: onnx.ModelProto | None = None) -> int:
     """MACs of the top-level graph's linear ops, using shape inference on a weight-less view.
 
     only: count just the nodes whose first output is named in it (e.g. the part a pass removes).
     refine: view -> view, tried when inference can't size a linear op (report.py passes the canonicalize
-    pass, which folds the shape arithmetic ONNX data propagation can't follow)."""
+    pass, which folds the shape arithmetic ONNX data propagation can't follow). prefer: that refined view
+    already made (run.py keeps the canonicalize pass's own): inferred first, and the model's own view only
+    when it leaves a linear op unsized."""
     from onnxrep.io import structure_view
 
     try:  # shape inference needs dims, not bytes: large weights become typed inputs in a light copy
-        view = structure_view(model)
-        lift_constant_nodes(view.graph)
-        g, shapes, unknown = _inferred(view)
-        if unknown and refine is not None:   # try again with the shape arithmetic folded; keep whichever knows more
-            better = _inferred(refine(view))
-            if better[2] < unknown:
-                g, shapes, unknown = better
+        first = _inferred(prefer) if prefer is not None else None
+        if first is not None and not first[2]:
+            g, shapes, unknown = first
+        else:
+            view = structure_view(model)
+            lift_constant_nodes(view.graph)
+            g, shapes, unknown = _inferred(view)
+            if unknown and (first is not None or refine is not None):   # with the shape arithmetic folded:
+                better = first or _inferred(refine(view))               # keep whichever knows more
+                if better[2] < unknown:
+                    g, shapes, unknown = better
     except Exception:
         return 0
     shapes = {k: v for k, v in shapes.items() if v is not None}
