@@ -144,14 +144,20 @@ def run_passes(r: Run) -> None:
     r.ctx = Context(opset=opset, aux=o.aux, keep_outputs=o.keep, drop_outputs=o.drop, rename_outputs=o.rename)
     graph = import_model(r.source)
 
+    seen = False
+
     def after(name, g):   # canonicalize is first when selected: its first result is the original's canonical form
-        if name == "canonicalize" and r.canonical is None and r.source is r.original:
+        nonlocal seen
+        if name != "canonicalize" or seen:
+            return
+        seen = True
+        if r.source is r.original:
             from onnxrep.ir.shapes import weightless_view
 
             try:
                 r.canonical = weightless_view(g)   # the report's MACs need not canonicalize the original again
             except Exception:  # noqa: BLE001 -- the report makes its own then
-                r.canonical = onnx.ModelProto()
+                pass
 
     r.results = run_pipeline(graph, r.ctx, r.pipeline, on_pass=lambda name: r.step(f"pass {name}"), after_pass=after)
     r.model = from_graph(graph, r.source)
@@ -385,8 +391,7 @@ def report(r: Run) -> None:
     r.report = Report(
         input=r.label,
         output=None,
-        before=model_stats(r.original, r.info.file_bytes if r.info else None,
-                           canonical=r.canonical if r.canonical is not None and r.canonical.graph.node else None),
+        before=model_stats(r.original, r.info.file_bytes if r.info else None, canonical=r.canonical),
         after=model_stats(r.model, None),
         passes={name: {"count": x.count, "declined": list(x.notes),
                        **({"float16": x.info["float16"]} if "float16" in x.info else {})}

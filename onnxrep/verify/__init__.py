@@ -215,18 +215,17 @@ def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], s
         for j in range(k):
             if j in out:
                 continue
-            b = (_prefix(feeds[k], feeds[j]) or (0, 0))[0]
+            b = _prefix(feeds[k], feeds[j])
             if b and all(o not in selected and _items(clean[k][o], clean[j][o], b) for o in outputs):
                 out[k] = (j, b)
                 break
     return out
 
 
-def _prefix(feed: dict, before: dict) -> tuple[int, int] | None:
-    """(b, B) when `feed` is `before`'s first b items of B (on axis 0 of at least one input, the others
-    equal), else None."""
+def _prefix(feed: dict, before: dict) -> int:
+    """b when `feed` is `before`'s first b items (on axis 0 of at least one input, the others equal), else 0."""
     if set(feed) != set(before):
-        return None
+        return 0
     sizes = set()
     for name, v in feed.items():
         v, w = np.asarray(v), np.asarray(before[name])
@@ -234,10 +233,10 @@ def _prefix(feed: dict, before: dict) -> tuple[int, int] | None:
             continue
         if v.ndim == w.ndim >= 1 and v.shape[1:] == w.shape[1:] and v.shape[0] < w.shape[0] \
                 and np.array_equal(v, w[:v.shape[0]]):
-            sizes.add((v.shape[0], w.shape[0]))
+            sizes.add(v.shape[0])
             continue
-        return None
-    return sizes.pop() if len(sizes) == 1 else None
+        return 0
+    return sizes.pop() if len(sizes) == 1 else 0
 
 
 def _items(value, whole, b: int) -> bool:
@@ -408,15 +407,6 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
                            feeds=feeds, as_float16=precision == "fp16", selected=selected)
     if not ref.ran:
         return Verification(ran=False, ok=False, skipped_reason=ref.skipped_reason)
-    return _judge(ref, original=original, optimized=optimized, compared=compared, selected=selected, scored=scored,
-                  unmatched=unmatched, pairs=pairs, missing=missing, unexpected=unexpected, not_compared=not_compared,
-                  reached=reached, rtol=rtol, atol=atol, noise_factor=noise_factor, precision=precision,
-                  detections=detections, stack=stack)
-
-
-def _judge(ref: Reference, *, original, optimized, compared, selected, scored, unmatched, pairs, missing, unexpected,
-           not_compared, reached, rtol, atol, noise_factor, precision, detections, stack) -> Verification:
-    """verify() once the original's side is known: the optimized model run on the same samples and judged."""
     runs, batched = stack or ([[k] for k in range(len(ref.feeds))], set())
     names = [b for _, b in compared]
     try:

@@ -143,14 +143,6 @@ def _perturb(t: onnx.TensorProto, rng: np.random.Generator, step: float | None) 
     return numpy_helper.from_array(moved, t.name or None)
 
 
-def _factor(rng: np.random.Generator, shape, e: float, coarse: bool) -> np.ndarray:
-    """1 + e·u with u from _draw (float64), in one pass where u is +-1: the same numbers, as 1 + e·(-1) is
-    exactly 1 - e."""
-    if coarse:
-        return 1.0 + e * _draw(rng, shape, coarse)
-    return np.where(rng.random(shape) < 0.5, 1.0 - e, 1.0 + e)
-
-
 class Perturbation:
     """The noisy twin as a transform of the original, applied while verify/runtime.py writes the cut model
     for onnxruntime: each perturbable tensor moved (`__call__`, tensor by tensor), and the outputs of the
@@ -199,9 +191,8 @@ class Perturbation:
             # numbers for a feature map, independent across the terms any one output element sums
             view = [d if isinstance(d, int) and d > 0 and k != 0 and not (len(dims) >= 4 and k == 2) else 1
                     for k, d in enumerate(dims or [])]
-            u = _draw(rng, view, _uniform(elem, e))
             name = f"{y}{SUFFIX}_factor"
-            factors.append(numpy_helper.from_array((1.0 + e * u).astype(_NP[elem]), name))
+            factors.append(numpy_helper.from_array(_factor(rng, view, e, _uniform(elem, e)).astype(_NP[elem]), name))
             raw = f"{y}{SUFFIX}_raw"
             node.output[0] = raw
             nodes.append(onnx.helper.make_node("Mul", [raw, name], [y], name=f"{y}{SUFFIX}_mul"))
@@ -226,14 +217,14 @@ def _uniform(elem: int, e: float) -> bool:
     return e > ULP[elem] or elem not in (TensorProto.FLOAT, TensorProto.DOUBLE)
 
 
-def _draw(rng: np.random.Generator, shape, coarse: bool) -> np.ndarray:
-    """u per element for a factor 1 + e·u: uniform in [-1, 1] when e is coarser than the type's own step
+def _factor(rng: np.random.Generator, shape, e: float, coarse: bool) -> np.ndarray:
+    """1 + e·u per element (float64): u uniform in [-1, 1] when e is coarser than the type's own step
     (float16's step on float32 values: the error a float16 rounding makes, as an --precision fp16 result is
-    held to); else +1 or -1, one step either way exactly (a uniform u at the type's own step rounds back to
-    1 half the time, and a value times it to itself)."""
+    held to); else u is +1 or -1, one step either way exactly (a uniform u at the type's own step rounds back
+    to 1 half the time, and a value times it to itself), written 1 - e or 1 + e in one pass."""
     if coarse:
-        return rng.uniform(-1.0, 1.0, shape)
-    return np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+        return 1.0 + e * rng.uniform(-1.0, 1.0, shape)
+    return np.where(rng.random(shape) < 0.5, 1.0 - e, 1.0 + e)
 
 
 def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, list]]:
