@@ -48,6 +48,8 @@ class Verification:
     deploy: list = field(default_factory=list)       # the deployment adapters' checks (onnxrep/deploy)
     values: list = field(default_factory=list, repr=False)   # per sample, the optimized model's compared outputs
     levels: dict = field(default_factory=dict, repr=False)   # optimized output -> its tolerance level (tolerance.py)
+    firsts: dict = field(default_factory=dict)       # sample -> which models' outputs there were the first items
+                                                     # of an earlier sample's run (verify/items.py), not run again
 
     @property
     def status(self) -> str:
@@ -72,6 +74,10 @@ class Verification:
         if not self.outputs and self.skipped_reason:
             out.append(f"verification FAILED: {self.skipped_reason}")
         shapes = "; ".join(", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in s.items()) for s in self.shapes)
+        if self.firsts:
+            shapes += "; " + "; ".join(f"{'both models' if w == 'both' else f'the {w}'} at sample {k + 1}: the first "
+                                       f"items of the run before (the graph computes item by item)"
+                                       for k, w in sorted(self.firsts.items()))
         for o in self.outputs:
             status = "ok" if o.ok else "FAIL"
             noise = (f"noise level {o.noise:.3g} x{o.noise_factor:g}" if o.noise_measured
@@ -138,6 +144,8 @@ class Reference:
     as_float16: bool = False     # the twin was perturbed at float16's step
     derived: dict = field(default_factory=dict)   # sample -> the earlier sample whose first items it is: the
                                                   # twin's deviation taken from there, not run again
+    proven: dict = field(default_factory=dict)    # sample -> that earlier sample, the original's own outputs
+                                                  # taken from there too: its graph computes item by item
 
     @property
     def ran(self) -> bool:
@@ -171,9 +179,10 @@ def reference(original, *, outputs: list[str] | None = None, samples: int = 2, s
     ModelProto is borrowed, never changed.
 
     A sample that is an earlier one's first items (verify/inputs.py: batch 1 after batch 2) gets the twin's
-    deviation from that earlier run. The original itself runs on every sample: its batch-1 behaviour is what
-    the batch-1 sample proves (a Squeeze without axes, a division by the batch size, a Reshape to a literal
-    batch: none of them computes at batch 1 what it computes for the first item at batch 2)."""
+    deviation from that earlier run. The original's own outputs there come from that run too only when its
+    graph provably computes item by item (verify/items.py); otherwise it runs on the sample itself, since its
+    batch-1 behaviour is what the batch-1 sample proves (a Squeeze without axes, a division by the batch
+    size, a Reshape to a literal batch: none computes at batch 1 what it computes for the first item at 2)."""
     original = _as_model(original)
     outputs = [o.name for o in original.graph.output] if outputs is None else list(outputs)
     try:
@@ -183,15 +192,21 @@ def reference(original, *, outputs: list[str] | None = None, samples: int = 2, s
     if feeds is None:
         feeds = make_inputs(original, samples, seed, shapes)
     check_feeds(feeds, sess)
+    proven = _proven_samples(original, feeds, outputs)
     clean = []
-    for feed in feeds:
+    for k, feed in enumerate(feeds):
+        if k in proven:   # the original's batch-1 result is its batch-2 result's first item (verify/items.py)
+            j, b = proven[k]
+            clean.append({o: clean[j][o][:b] for o in outputs})
+            continue
         try:
             clean.append(dict(zip(outputs, sess.run(outputs, feed))))
         except Exception as exc:  # noqa: BLE001
             return Reference(outputs, feeds, [], [], False, f"onnxruntime failed to run the original ({_short(exc)})")
     del sess
     feeds_noisy = feeds[:NOISE_SAMPLES]
-    derived = _derived_samples(feeds_noisy, clean, outputs, selected)
+    derived = {k: v for k, v in proven.items() if k < len(feeds_noisy)}
+    derived.update(_derived_samples(feeds_noisy, clean, outputs, selected, derived))
     own = [k for k in range(len(feeds_noisy)) if k not in derived]
     noisy, error = _noisy_runs(original, outputs, [feeds_noisy[k] for k in own], [clean[k] for k in own], seed + 1,
                                as_float16, selected)
@@ -201,19 +216,47 @@ def reference(original, *, outputs: list[str] | None = None, samples: int = 2, s
             by_sample[k] = {o: _moved_like(clean[k][o], clean[j][o][:b], by_sample[j][o][:b]) for o in outputs}
         noisy = [by_sample[k] for k in range(len(feeds_noisy))]
     return Reference(outputs, feeds, clean, noisy, not error, noise_error=error, as_float16=as_float16,
-                     derived={k: j for k, (j, _) in derived.items()} if noisy else {})
+                     derived={k: j for k, (j, _) in derived.items()} if noisy else {},
+                     proven={k: j for k, (j, _) in proven.items()})
 
 
-def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], selected) -> dict[int, tuple[int, int]]:
+def _proven_samples(original, feeds: list[dict], outputs: list[str]) -> dict[int, tuple[int, int]]:
+    """{k: (j, b)}: sample k is the first b items of an earlier sample j and the original's graph computes
+    every output item by item (verify/items.py): its outputs on k are its outputs on j's first b items, with
+    no run. Anything the proof can't follow (a Squeeze without axes, a division by the batch size) leaves k
+    to its own run."""
+    from onnxrep.verify.items import itemwise
+
+    out, proofs = {}, {}
+    for k in range(1, len(feeds)):
+        for j in range(k):
+            if j in out:
+                continue
+            b = _prefix(feeds[k], feeds[j])
+            if not b:
+                continue
+            batched = frozenset(n for n, v in feeds[k].items() if np.shape(v) != np.shape(feeds[j][n]))
+            if batched not in proofs:
+                proofs[batched] = itemwise(original, outputs, set(batched))
+            if proofs[batched]:
+                out[k] = (j, b)
+                break
+    return out
+
+
+def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], selected,
+                     known: dict | None = None) -> dict[int, tuple[int, int]]:
     """{k: (j, b)}: sample k is the first b items of an earlier sample j (verify/inputs.py makes the batch-1
     sample so) and the original computed each of its outputs item by item there: batch on axis 0, and item
     for item the same values as in j, up to rounding (no jump). The twin's deviation on those items is then
     k's own, and the twin need not run on k. Never for an output chosen through a selection (an NMS output's
     rows are detections, not items)."""
-    out = {}
+    out, known = {}, known or {}
     for k in range(1, len(feeds)):
+        if k in known:
+            continue
         for j in range(k):
-            if j in out:
+            if j in out or j in known:
                 continue
             b = _prefix(feeds[k], feeds[j])
             if b and all(o not in selected and _items(clean[k][o], clean[j][o], b) for o in outputs):
@@ -409,11 +452,17 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
         return Verification(ran=False, ok=False, skipped_reason=ref.skipped_reason)
     runs, batched = stack or ([[k] for k in range(len(ref.feeds))], set())
     names = [b for _, b in compared]
+    # a sample that is an earlier one's first items, for a model whose graph computes item by item: its
+    # outputs are that run's first items (verify/items.py), as for the original
+    firsts = {} if stack else _proven_samples(_as_model(optimized, structure=True), ref.feeds, names)
+    runs = [r for r in runs if not (len(r) == 1 and r[0] in firsts)]
     try:
         outs = run_outputs(optimized, [_stacked(ref.feeds, run, batched) for run in runs], names)
     except Exception as exc:  # noqa: BLE001 -- the original runs but ours does not: a failure, not a skip
         return Verification(ran=True, ok=False, skipped_reason=f"onnxruntime cannot run the optimized model ({_short(exc)})")
     pieces, problems = _pieces(runs, outs, ref.feeds, batched, names)   # (sample, its outputs), one per item
+    for k, (j, b) in sorted(firsts.items()):
+        pieces.append((k, {n: np.asarray(got[n])[:b] for i, got in pieces if i == j for n in names}))
     gots = [next(got for k, got in pieces if k == i) for i in range(len(ref.feeds)) if any(k == i for k, _ in pieces)]
     checks, levels = [], {}
     for a, b in compared:
@@ -461,7 +510,9 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
                         renamed={a: b for a, b in pairs if a != b}, missing=missing, unexpected=unexpected,
                         not_compared=not_compared, shapes=[{k: list(np.shape(v)) for k, v in f.items()} for f in ref.feeds],
                         noise_measured=ref.noise_measured, noise_error=ref.noise_error, values=gots,
-                        levels=levels, deploy=deploy)
+                        levels=levels, deploy=deploy, firsts={
+                            k: "both" if k in ref.proven and k in firsts else "original" if k in ref.proven else "optimized"
+                            for k in sorted(set(ref.proven) | set(firsts))})
 
 
 def _batch_of(feed: dict, batched: set) -> int:

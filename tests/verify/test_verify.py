@@ -360,8 +360,12 @@ def test_derived_twin_matches_a_twin_run():
     for name in ref.outputs:
         derived = np.abs(np.asarray(ref.noisy[1][name], np.float64) - ref.clean[1][name])
         own = np.abs(np.asarray(ran.noisy[0][name], np.float64) - ran.clean[0][name])
-        assert np.array_equal(ref.clean[1][name], ran.clean[0][name])
         assert 0.5 * own.max() <= derived.max() <= 2 * own.max(), (name, derived.max(), own.max())
+        # the original's batch-1 outputs are the batch-2 run's first item (its graph computes item by item);
+        # onnxruntime's own batch-1 run differs from them by less than the twin's one step of rounding
+        assert ref.proven == {1: 0} and np.array_equal(ref.clean[1][name], ref.clean[0][name][:1])
+        gap = np.abs(np.asarray(ref.clean[1][name], np.float64) - ran.clean[0][name]).max()
+        assert gap <= own.max(), (name, gap, own.max())
 
 
 @pytest.mark.slow
