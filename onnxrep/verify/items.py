@@ -329,7 +329,52 @@ def _const_step(node, ins, opset) -> list:
                 return out
         except Unproven:
             pass
-    return [Const()] * len(node.output)
+    try:   # the shape alone, for the ops that build a table (an anchor grid stored in float16, read through a Cast)
+        shape = _const_shape(node, ins, opset)
+    except (Unproven, ValueError, TypeError, IndexError):
+        shape = None
+    return [Const(shape)] + [Const()] * (len(node.output) - 1)
+
+
+def _const_shape(node, ins, opset) -> tuple | None:
+    op, x = node.op_type, ins[0] if ins else None
+    known = (lambda s: s is not None and s.shape is not None and None not in s.shape)
+    if op in UNARY or op in ("Clip", "Dropout", "CastLike", "Softmax", "LogSoftmax"):
+        return x.shape if known(x) else None
+    if op in BROADCAST:
+        if not all(known(s) for s in ins if s is not None):
+            return None
+        return tuple(np.broadcast_shapes(*[s.shape for s in ins if s is not None]))
+    if not known(x):
+        return None
+    if op == "Transpose":
+        perm = _attr(node, "perm") or list(range(len(x.shape) - 1, -1, -1))
+        return tuple(x.shape[p] for p in perm)
+    if op == "Unsqueeze":
+        axes = _ints(node, ins, 1, "axes", 13, opset)
+        rank = len(x.shape) + len(axes)
+        axes = {_norm(a, rank) for a in axes}
+        rest = iter(x.shape)
+        return tuple(1 if k in axes else next(rest) for k in range(rank))
+    if op == "Squeeze":
+        axes = _ints(node, ins, 1, "axes", 13, opset)
+        axes = {k for k, d in enumerate(x.shape) if d == 1} if axes is None else {_norm(a, len(x.shape)) for a in axes}
+        return tuple(d for k, d in enumerate(x.shape) if k not in axes)
+    if op == "Reshape":
+        e = [int(v) for v in _values(ins[1], "shape")]
+        e = [x.shape[k] if v == 0 and not _attr(node, "allowzero", 0) else v for k, v in enumerate(e)]
+        if -1 in e:
+            rest = int(np.prod([v for v in e if v != -1]))
+            e[e.index(-1)] = int(np.prod(x.shape)) // rest if rest else 0
+        return tuple(e)
+    if op == "Expand":
+        return tuple(np.broadcast_shapes(x.shape, tuple(int(v) for v in _values(ins[1], "shape"))))
+    if op == "Concat":
+        if not all(known(s) for s in ins):
+            return None
+        a = _norm(_attr(node, "axis"), len(x.shape))
+        return tuple(sum(s.shape[a] for s in ins) if k == a else d for k, d in enumerate(x.shape))
+    return None
 
 
 def _entries(state):

@@ -77,6 +77,15 @@ MIXING = {
         helper.make_node("Mul", ["s", "two"], ["d"]), helper.make_node("Concat", ["d", "m1"], ["sh"], axis=0),
         helper.make_node("Reshape", ["x", "sh"], ["y"])], [_i64("two", [2]), _i64("m1", [-1])]),
     "add a constant with rows along the batch": ([helper.make_node("Add", ["x", "c"], ["y"])], [_w("c", (2, 4, 6, 6))]),
+    "add a float16 table with rows along the batch, read through a Cast": (
+        [helper.make_node("Cast", ["t16"], ["t"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "t"], ["y"])],
+        [init("t16", RNG.normal(size=(2, 4, 6, 6)).astype(np.float16))]),
+    "add a table reshaped to rows along the batch": (
+        [helper.make_node("Reshape", ["t", "sh"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])],
+        [_w("t", (288,)), _i64("sh", [-1, 4, 6, 6])]),
+    "add a table transposed to rows along the batch": (
+        [helper.make_node("Transpose", ["t"], ["r"], perm=[3, 1, 2, 0]), helper.make_node("Add", ["x", "r"], ["y"])],
+        [_w("t", (1, 4, 6, 2))]),
     "slice the batch": ([helper.make_node("Slice", ["x", "s0", "s1", "ax"], ["y"])],
                         [_i64("s0", [0]), _i64("s1", [1]), _i64("ax", [0])]),
     "gather along the batch": ([helper.make_node("Gather", ["x", "i"], ["y"], axis=0)], [_i64("i", [0])]),
@@ -150,6 +159,13 @@ ITEMWISE = {
          helper.make_node("Unsqueeze", ["r", "ax"], ["ru"]),
          helper.make_node("Mul", ["c", "ru"], ["y"])],
         [_w("w", (6, 6)), _i64("ax", [1]), _i64("ax2", [2])]),
+    "a float16 table read through a Cast, transposed and unsqueezed (an anchor grid)": _model(
+        [helper.make_node("Cast", ["t16"], ["t32"], to=TensorProto.FLOAT),
+         helper.make_node("Transpose", ["t32"], ["tt"], perm=[1, 0]),
+         helper.make_node("Unsqueeze", ["tt", "u"], ["tu"]),
+         helper.make_node("Reshape", ["tu", "sh"], ["tr"]),
+         helper.make_node("Sub", ["tr", "x"], ["y"])],
+        [init("t16", RNG.normal(size=(6, 4)).astype(np.float16)), _i64("u", [0]), _i64("sh", [1, 4, 6, 1])]),
     "a constant expanded to the batch": _model(
         _shape(["x"], "s") + [helper.make_node("Expand", ["c", "s"], ["e"]),
                               helper.make_node("Add", ["x", "e"], ["y"])], [_w("c", (1, 4, 1, 1))]),
@@ -353,3 +369,61 @@ def test_random_chains_are_often_proven():
         model = _model(nodes, inits)
         assert _behaves_itemwise(model, x2), nodes[0].op_type
         assert itemwise(model, ["y"], {"x"}), nodes[0].op_type
+
+
+# Each rule of the proof weakened in turn (verify/items.py's source, one replacement): every mutant proves at
+# least one of the graphs above that mixes the batch. A rule no graph here needed would be a rule untested.
+MUTANTS = {
+    "softmax axis": ("(x.axis == a if opset >= 13 else x.axis >= a)", "False"),
+    "reshape keeps the batch": ("batch_kept = first == B or (first == 0 and not allowzero)", "batch_kept = True"),
+    "reduction axes": ('    if x.axis in axes:\n        raise Unproven(f"{op} over the batch")', "    pass"),
+    "squeeze axes": ('if not isinstance(x, Item) or axes is None:\n            raise Unproven("Squeeze without axes',
+                     'axes = axes or []\n        if not isinstance(x, Item):\n            raise Unproven("Squeeze without axes'),
+    "concat axis": ('or _norm(a, x.rank) == x.axis:\n            raise Unproven("Concat', ':\n            raise Unproven("Concat'),
+    "slice bounds": ("if _norm(int(a), x.rank) == x.axis and not", "if False and not"),
+    "gather axis": ('        if a == data.axis:\n            raise Unproven("Gather along the batch")', "        pass"),
+    "batch size mixed into values": ("if items and vecs and op not in", "if False and op not in"),
+    "flatten axis": ("x.axis != 0 or a != 1", "x.axis != 0"),
+    "tile repeats": ("reps[x.axis] != 1", "False"),
+    "pad amounts": ("if pads[x.axis] or pads[x.axis + x.rank]:", "if False:"),
+    "constant rows": ("if len(s.shape) >= off and s.shape[len(s.shape) - off] != 1:", "if False:"),
+    "cumsum axis": ('_norm(int(_values(ins[1], "axis")[0]), x.rank) == x.axis', "False"),
+    "topk axis": ('_norm(_attr(node, "axis", -1), x.rank) == x.axis:\n            raise Unproven("TopK',
+                  'False:\n            raise Unproven("TopK'),
+    "expand entry": ("(0 <= k < len(e) and e[k] not in (1, B))", "False"),
+    "matmul contraction": ('            if not row:\n                raise Unproven("MatMul contracting the batch")',
+                           "            pass"),
+    "transpose moves the batch": ("return [Item(list(perm).index(x.axis), x.rank)]", "return [x]"),
+    "unsqueeze moves the batch": ("return [Item(rest[x.axis], rank)]", "return [Item(x.axis, rank)]"),
+    "batch size arithmetic": ('op in ("Mul", "Div") and b == 1', 'op in ("Mul", "Div")'),
+    "a table's reshape": ("e[e.index(-1)] = int(np.prod(x.shape)) // rest if rest else 0", "e[e.index(-1)] = 1"),
+    "a table's transpose": ("return tuple(x.shape[p] for p in perm)", "return x.shape"),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_every_rule_of_the_proof_is_needed(mutant):
+    import importlib.util
+    import inspect
+    import sys
+
+    from onnxrep.verify import items
+
+    old, new = MUTANTS[mutant]
+    source = inspect.getsource(items)
+    assert source.count(old) == 1, mutant
+    spec = importlib.util.spec_from_loader("items_mutant", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["items_mutant"] = module   # dataclasses look their module up
+    try:
+        exec(compile(source.replace(old, new), "items_mutant", "exec"), module.__dict__)   # noqa: S102
+    finally:
+        del sys.modules["items_mutant"]
+    proven = []
+    for kind, (nodes, inits) in MIXING.items():
+        model = _model(nodes, inits, opset=18 if kind == "layernorm over the batch" else 17)
+        if kind == "matmul of a constant by the batch":
+            model = _model(nodes, inits, rank=2)
+        if module.itemwise(model, ["y"], {"x"}):
+            proven.append(kind)
+    assert proven, f"the mutant '{mutant}' proves none of the graphs that mix the batch"
