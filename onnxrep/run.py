@@ -303,13 +303,22 @@ def verify_float_model(r: Run) -> None:
 
     v, p = r.options.verify, r.options.precision
     r.step("verifying")
+    d, run_as = r.deployed, None
+    if d is not None and d.head is not None and d.stage_in is None and d.split is None and d.base is r.model:
+        # an NMS or layout adapter over the model, fed the same inputs: the final model itself runs for the
+        # proof (its head tensor compared with the original), its adapter's outputs computed in the same run
+        from onnxrep.deploy.checks import whole_run_outputs
+
+        source = r.model.graph.output[d.head.index].name   # the layout adapter renames the head's tensor
+        run_as = (d.model, whole_run_outputs(d.model, d), {source: d.head.output} if source != d.head.output else {})
     r.verification = verify(r.original, r.model, feeds=r.verification_feeds(), rtol=v.rtol, atol=v.atol,
                             noise_factor=v.noise_factor, renamed=r.outputs.get("renamed", {}),
                             dropped=r.outputs.get("dropped", ()), strict_outputs=True,
                             precision="fp16" if p.precision == "fp16" else "fp32",
-                            detections={"min_agreement": p.agreement}, stack=_stack_plan(r))
-    if r.verification.values and _whole(r.model):
-        r.loaded.add(id(r.model))
+                            detections={"min_agreement": p.agreement}, stack=_stack_plan(r), run_as=run_as)
+    ran = d.model if run_as is not None else r.model
+    if r.verification.values and _whole(ran):
+        r.loaded.add(id(ran))
 
 
 def _whole(model: onnx.ModelProto) -> bool:
@@ -351,7 +360,7 @@ def check_adapters(r: Run) -> None:
     v = r.options.verify
     r.step("checking the deployment adapters")
     checks = check(r.deployed, r.verification_feeds(), seed=v.seed, rtol=v.rtol, atol=v.atol,
-                   noise_factor=v.noise_factor, values=r.verification.values)
+                   noise_factor=v.noise_factor, values=r.verification.values, final=r.verification.ran_as)
     r.verification.add_deploy(checks)
     if checks and _whole(r.deployed.model):   # they ran the final model (metadata alone runs nothing)
         r.loaded.add(id(r.deployed.model))

@@ -145,10 +145,11 @@ def apply(model: onnx.ModelProto, options: DeployOptions) -> Deployed:
 
 
 def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, atol=None,
-          noise_factor=None, values: list[dict] | None = None) -> list[dict]:
+          noise_factor=None, values: list[dict] | None = None, final: dict | None = None) -> list[dict]:
     """Prove each adapter (see the module docstring). feeds: the verification inputs of the optimized
     model (float images); the uint8 ones are made from their shapes. values: the optimized model's outputs
-    on `feeds` (the verification computed them). Each check: name, ok, line."""
+    on `feeds` (the verification computed them); final: sample -> the final model's tensors where the
+    verification ran the final model itself (verify(run_as=...)). Each check: name, ok, line."""
     from onnxrep.deploy.checks import as_input_types, check_input, check_outputs
 
     checks = []
@@ -162,7 +163,7 @@ def check(deployed: Deployed, feeds: list[dict], *, seed: int = 0, rtol=None, at
                                              noise_factor=noise_factor)
         checks.append(c)
     if deployed.head is not None:
-        checks.append(check_outputs(deployed, feeds_final, values))
+        checks.append(check_outputs(deployed, feeds_final, values, final if deployed.stage_in is None else None))
     return checks
 
 

@@ -82,28 +82,29 @@ def _trt_attrs_ok(node: onnx.NodeProto, s) -> list[str]:
 
 
 def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, feeds: list[dict],
-             prev: list[dict] | None = None) -> tuple[bool, list, list, list]:
+             prev: list[dict] | None = None, ran: dict | None = None) -> tuple[bool, list, list, list]:
     """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`.
-    prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's).
+    prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's); ran: sample ->
+    `final`'s own tensors where the verification ran `final` itself (its head then proven directly).
 
     The whole final model runs on the largest sample (batch 2 where the batch is symbolic: an adapter that
     baked batch 1 into the graph shows there), and its head tensor must equal `before`'s bit for bit: the graph
     up to the head is the same. On the other samples only its tail runs (the adapter's nodes, fed `before`'s
-    head tensor): one model run instead of one per sample. The results are in the samples' order."""
+    head tensor): one model run instead of one per sample. Where the verification ran the final model itself
+    (`ran`), that run is the whole run here: its head tensor is the one proven against the original. The
+    results are in the samples' order."""
     opts, head = deployed.options, deployed.head
     if prev is None or any(source not in p for p in prev):
         prev = _run(before, feeds, [source])
     first = max(range(len(feeds)), key=lambda k: sum(np.size(v) for v in feeds[k].values()))
     rest = [k for k in range(len(feeds)) if k != first]
-    bad = []
-    if opts.nms == "trt":
-        node = _trt_node(final)
-        bad = _trt_attrs_ok(node, settings)
-        names = list(node.input)
+    bad = _trt_attrs_ok(_trt_node(final), settings) if opts.nms == "trt" else []
+    wanted = whole_run_outputs(final, deployed)
+    names = wanted[:-1]
+    if ran and all(n in ran.get(first, {}) for n in wanted):   # the verification ran `final` itself there
+        got = {first: {n: ran[first][n] for n in wanted}}
     else:
-        names = [o.name for o in final.graph.output]
-    names = [n for n in names if n != head.output]
-    got = {first: _run(final, [feeds[first]], names + [head.output])[0]}
+        got = {first: _run(final, [feeds[first]], wanted)[0]}
     if rest:   # the tail computes what the adapter made (other outputs, a YOLOv7's raw levels, aside)
         made = (list(OUTPUTS) if opts.nms == "ort" else names if opts.nms == "trt" else list(deployed.outputs.values()))
         made = [n for n in names if n in made]
@@ -112,6 +113,14 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
     exact_head = _same(prev[first][source], got[first][head.output])
     got = [got[k] for k in range(len(feeds))]
     return exact_head, _differing(final, deployed, settings, got), bad, got
+
+
+def whole_run_outputs(final: onnx.ModelProto, deployed) -> list[str]:
+    """What a run of the whole final model must compute for the adapter's check: the adapter's outputs (an
+    EfficientNMS_TRT node's inputs: the plugin runs only in TensorRT), the head's tensor last."""
+    head = deployed.head
+    names = list(_trt_node(final).input) if deployed.options.nms == "trt" else [o.name for o in final.graph.output]
+    return [n for n in names if n != head.output] + [head.output]
 
 
 def _differing(final: onnx.ModelProto, deployed, settings, got: list[dict]) -> list[str]:
@@ -174,15 +183,17 @@ def _second_best(got: list[dict], head) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None) -> dict:
+def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None, final: dict | None = None) -> dict:
     """The final model's new outputs against numpy applied to its own head tensor, which must equal the
     previous stage's output bit for bit. An ORT NMS that finds fewer than MIN_DETECTIONS at the user's conf
     is checked again at a conf where it finds some: its NMS part alone (the same graph but for one constant),
-    fed the head tensors the final model computed. prev: the previous stage's outputs on `feeds`, when known."""
+    fed the head tensors the final model computed. prev: the previous stage's outputs on `feeds`, when known;
+    final: sample -> the final model's own tensors where a proof already ran it (verify(run_as=...))."""
     opts, head = deployed.options, deployed.head
     before = deployed.stage_in or deployed.base
     source = before.graph.output[head.index].name
-    exact_head, wrong, bad, got = _compare(deployed.model, deployed, opts.nms_settings, before, source, feeds, prev)
+    exact_head, wrong, bad, got = _compare(deployed.model, deployed, opts.nms_settings, before, source, feeds, prev,
+                                           final)
     probe = ""
     if opts.nms == "ort":
         found = sum(int(np.asarray(g["num_dets"]).sum()) for g in got)

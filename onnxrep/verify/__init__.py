@@ -48,6 +48,7 @@ class Verification:
     deploy: list = field(default_factory=list)       # the deployment adapters' checks (onnxrep/deploy)
     values: list = field(default_factory=list, repr=False)   # per sample, the optimized model's compared outputs
     levels: dict = field(default_factory=dict, repr=False)   # optimized output -> its tolerance level (tolerance.py)
+    ran_as: dict = field(default_factory=dict, repr=False)   # sample -> verify(run_as=...)'s tensors, where it ran
     firsts: dict = field(default_factory=dict)       # sample -> which models' outputs there were the first items
                                                      # of an earlier sample's run (verify/items.py), not run again
 
@@ -56,8 +57,8 @@ class Verification:
         return "skipped" if not self.ran else ("verified" if self.ok else "failed")
 
     def to_dict(self) -> dict:
-        data = asdict(replace(self, values=[], levels={}))
-        del data["values"], data["levels"]
+        data = asdict(replace(self, values=[], levels={}, ran_as={}))
+        del data["values"], data["levels"], data["ran_as"]
         data["status"] = self.status
         return data
 
@@ -405,7 +406,7 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
            feeds: list[dict] | None = None, rtol: float | None = None, atol: float | None = None,
            noise_factor: float | None = None, renamed: dict | None = None, dropped=None,
            strict_outputs: bool = False, ref: Reference | None = None, precision: str = "same",
-           detections: dict | None = None, stack: tuple | None = None) -> Verification:
+           detections: dict | None = None, stack: tuple | None = None, run_as: tuple | None = None) -> Verification:
     """Run both models on the same inputs and compare their outputs (see the module docstring).
 
     original/optimized: ModelProto or path. renamed: original output name -> new name. dropped: outputs of
@@ -420,6 +421,12 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     stack: (runs, batched inputs) for a model made dynamic: each run a list of sample indices fed as one
     batch (their `batched` inputs concatenated on axis 0, the others the first's), each item compared with
     the original's own result for its sample; the proof of the batch is added to `deploy`.
+    run_as: (model, tensors, aliases): the compared outputs are computed by running `model` instead of
+    `optimized`, a model that holds them as its own tensors (a deployment adapter's final model, built on
+    `optimized`: what is written is then what is proven; aliases: optimized output -> its tensor's name in
+    `model` where the adapter renamed it), `tensors` of it computed in the same runs and kept in `ran_as`
+    for the samples that ran (the adapter's outputs: its check need not run the model again for them).
+    `optimized` still decides which outputs are compared.
     """
     from onnxrep.verify.selection import scored_inputs, selected_tensors
 
@@ -454,12 +461,17 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     names = [b for _, b in compared]
     # a sample that is an earlier one's first items, for a model whose graph computes item by item: its
     # outputs are that run's first items (verify/items.py), as for the original
-    firsts = {} if stack else _proven_samples(_as_model(optimized, structure=True), ref.feeds, names)
+    runner, extra, aliases = (optimized, [], {}) if stack or run_as is None else run_as
+    inner = [aliases.get(n, n) for n in names]   # the compared outputs' tensors in the model that runs
+    firsts = {} if stack else _proven_samples(_as_model(runner, structure=True), ref.feeds, inner)
     runs = [r for r in runs if not (len(r) == 1 and r[0] in firsts)]
     try:
-        outs = run_outputs(optimized, [_stacked(ref.feeds, run, batched) for run in runs], names)
+        outs = run_outputs(runner, [_stacked(ref.feeds, run, batched) for run in runs],
+                           list(dict.fromkeys(inner + list(extra))))
     except Exception as exc:  # noqa: BLE001 -- the original runs but ours does not: a failure, not a skip
         return Verification(ran=True, ok=False, skipped_reason=f"onnxruntime cannot run the optimized model ({_short(exc)})")
+    ran_as = {run[0]: {e: out[e] for e in extra} for run, out in zip(runs, outs) if extra and len(run) == 1}
+    outs = [{n: out[i] for n, i in zip(names, inner)} for out in outs]
     pieces, problems = _pieces(runs, outs, ref.feeds, batched, names)   # (sample, its outputs), one per item
     for k, (j, b) in sorted(firsts.items()):
         pieces.append((k, {n: np.asarray(got[n])[:b] for i, got in pieces if i == j for n in names}))
@@ -510,7 +522,7 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
                         renamed={a: b for a, b in pairs if a != b}, missing=missing, unexpected=unexpected,
                         not_compared=not_compared, shapes=[{k: list(np.shape(v)) for k, v in f.items()} for f in ref.feeds],
                         noise_measured=ref.noise_measured, noise_error=ref.noise_error, values=gots,
-                        levels=levels, deploy=deploy, firsts={
+                        levels=levels, deploy=deploy, ran_as=ran_as, firsts={
                             k: "both" if k in ref.proven and k in firsts else "original" if k in ref.proven else "optimized"
                             for k in sorted(set(ref.proven) | set(firsts))})
 
