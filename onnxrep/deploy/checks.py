@@ -82,8 +82,9 @@ def _trt_attrs_ok(node: onnx.NodeProto, s) -> list[str]:
 
 
 def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, feeds: list[dict],
-             prev: list[dict] | None = None, ran: dict | None = None) -> tuple[bool, list, list, list]:
-    """(head tensor exact, differing outputs, plugin attribute problems, per-sample outputs) of `final`.
+             prev: list[dict] | None = None, ran: dict | None = None) -> tuple[bool | None, list, list, list]:
+    """(head tensor exact: None where the head was proven on `final` itself, differing outputs, plugin
+    attribute problems, per-sample outputs) of `final`.
     prev: `before`'s outputs on `feeds` when a proof already computed them (the verification's); ran: sample ->
     `final`'s own tensors where the verification ran `final` itself (its head then proven directly).
 
@@ -101,7 +102,8 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
     bad = _trt_attrs_ok(_trt_node(final), settings) if opts.nms == "trt" else []
     wanted = whole_run_outputs(final, deployed)
     names = wanted[:-1]
-    if ran and all(n in ran.get(first, {}) for n in wanted):   # the verification ran `final` itself there
+    reused = bool(ran) and all(n in ran.get(first, {}) for n in wanted)
+    if reused:   # the verification ran `final` itself there
         got = {first: {n: ran[first][n] for n in wanted}}
     else:
         got = {first: _run(final, [feeds[first]], wanted)[0]}
@@ -110,7 +112,7 @@ def _compare(final: onnx.ModelProto, deployed, settings, before, source: str, fe
         made = [n for n in names if n in made]
         tails = _run(_tail(final, head, made), [{head.output: prev[k][source]} for k in rest], made)
         got.update({k: {**r, head.output: prev[k][source]} for k, r in zip(rest, tails)})
-    exact_head = _same(prev[first][source], got[first][head.output])
+    exact_head = None if reused else _same(prev[first][source], got[first][head.output])
     got = [got[k] for k in range(len(feeds))]
     return exact_head, _differing(final, deployed, settings, got), bad, got
 
@@ -216,15 +218,17 @@ def check_outputs(deployed, feeds: list[dict], prev: list[dict] | None = None, f
             probe += (f"; at conf {settings.conf:.3g} too ({sum(int(np.asarray(g['num_dets']).sum()) for g in got2)} "
                       f"detections: " + ("too few scores reach" if found < MIN_DETECTIONS else "no anchor has two classes above")
                       + f" {opts.conf:g} on these inputs)")
-    ok = exact_head and not wrong and not bad
+    ok = exact_head is not False and not wrong and not bad
     what = (f"NMS {opts.nms} (conf {opts.conf:g}, iou {opts.iou:g}, max_det {opts.max_det}"
             f"{', class-agnostic' if opts.class_agnostic else ''}{', multi-label' if opts.multi_label else ''})" if opts.nms
             else f"output layout {opts.output_layout}")
     against = ("the reference NMS's inputs (the plugin itself runs only in TensorRT)" if opts.nms == "trt"
                else "numpy's reference NMS" if opts.nms else "numpy's transpose/split")
     line = f"{what}: {'ok' if ok else 'FAIL'}, equal to {against} on {len(feeds)} samples{probe}"
-    if not exact_head:
+    if exact_head is False:
         line += "; the head's tensor differs from the model before the adapter"
+    elif exact_head is None:
+        line += "; its head is the final model's own tensor, verified against the original above"
     if wrong:
         line += "; differs: " + ", ".join(wrong[:4])
     if bad:

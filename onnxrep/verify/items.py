@@ -74,6 +74,7 @@ BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Eq
 PER_IMAGE = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
              "GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LRN", "DepthToSpace", "SpaceToDepth",
              "GroupNormalization"}
+RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 
@@ -83,7 +84,7 @@ def itemwise(model: onnx.ModelProto, outputs: list[str], batched: set[str]) -> b
     graph inputs (the other inputs held fixed): see the module docstring."""
     try:
         states = _interpret(model, set(outputs), batched)
-    except Unproven:
+    except Exception:  # noqa: BLE001 -- Unproven, or an index or value the graph gets wrong: no proof either way
         return False
     return all(isinstance(states.get(o), Item) and states[o].axis == 0 for o in outputs)
 
@@ -100,8 +101,9 @@ def _interpret(model: onnx.ModelProto, outputs: set[str], batched: set[str]) -> 
     for t in g.initializer:
         states[t.name] = _const_of(t)
     for vi in g.input:
-        if vi.name in states and vi.name not in batched:
-            continue   # an initializer listed as an input: a default the feeds leave alone
+        if vi.name in states and vi.name not in batched:   # an initializer listed as an input: a default
+            states[vi.name] = Const(states[vi.name].shape)     # the feeds may replace (its values unknown)
+            continue
         dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else None
         if vi.name in batched:
             if dims is None or len(dims) < 1:
@@ -118,13 +120,10 @@ def _interpret(model: onnx.ModelProto, outputs: set[str], batched: set[str]) -> 
         ins = [states.get(i) if i else None for i in node.input]
         if any(i and s is None for i, s in zip(node.input, ins)):
             raise Unproven(f"{node.op_type} reads a value computed by nothing")
-        if node.domain not in ("", "ai.onnx") or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                      for a in node.attribute):
-            if all(s is None or (isinstance(s, Const)) for s in ins) and not _has_graph(node):
-                for o in node.output:
-                    states[o] = Const()
-                continue
-            raise Unproven(f"{node.op_type} ({node.domain or 'subgraph'})")
+        if node.domain not in ("", "ai.onnx") or _has_graph(node) or node.op_type in RANDOM:
+            # a custom op may compute anything; a subgraph reads outer values unseen; a random value is not
+            # the same in two runs: none is a constant of the proof
+            raise Unproven(f"{node.op_type} ({node.domain or 'subgraph or random'})")
         outs = _step(node, ins, opset)
         for name, state in zip(node.output, outs):
             if name:
@@ -206,6 +205,8 @@ def _step(node, ins: list, opset: int) -> list:
         return _vec_step(node, ins, opset)
     x = ins[0]
     if op in BROADCAST:
+        if opset < 7:
+            raise Unproven(f"{op} before opset 7 (its own broadcasting)")
         return [_broadcast(ins, op)]
     if op == "Gather":
         return [_gather(node, ins)]
@@ -272,7 +273,8 @@ def _step(node, ins: list, opset: int) -> list:
     if op == "Reshape":
         return [_reshape(node, ins)]
     if op == "Flatten":
-        a = _norm(_attr(node, "axis", 1), x.rank + 1) if _attr(node, "axis", 1) < 0 else _attr(node, "axis", 1)
+        a = _attr(node, "axis", 1)
+        a = a + x.rank if a < 0 else a
         if not isinstance(x, Item) or x.axis != 0 or a != 1:
             raise Unproven("Flatten that mixes the batch")
         return [Item(0, 2)]
@@ -411,8 +413,8 @@ def _vec_step(node, ins, opset) -> list:
         return [_vec([X], True)]
     if op in ("Cast", "Identity"):
         e, scalar = _entries(ins[0])
-        if op == "Cast" and _attr(node, "to") == onnx.TensorProto.BOOL:
-            e = [X if v in (B, X) else (None if v is None else bool(v)) for v in e]
+        if op == "Cast":
+            e = [_cast(v, _attr(node, "to")) for v in e]
         return [_vec(e, scalar)]
     if op == "Gather":
         e, scalar = _entries(ins[0])
@@ -424,8 +426,8 @@ def _vec_step(node, ins, opset) -> list:
         return [_vec([e[int(i)] for i in idx], idx_scalar)]
     if op == "Unsqueeze":
         e, scalar = _entries(ins[0])
-        if not scalar:
-            raise Unproven("Unsqueeze of a vector")
+        if not scalar or _ints(node, ins, 1, "axes", 13, opset) not in ([0], [-1]):
+            raise Unproven("Unsqueeze to more than a vector")
         return [_vec(e)]
     if op == "Squeeze":
         e, scalar = _entries(ins[0])
@@ -476,6 +478,25 @@ def _vec_step(node, ins, opset) -> list:
     raise Unproven(f"{op} of the batch size")
 
 
+T = onnx.TensorProto
+_INT_RANGE = {T.INT64: 2 ** 63, T.INT32: 2 ** 31, T.INT16: 2 ** 15, T.INT8: 2 ** 7}
+
+
+def _cast(v, to):
+    """One entry cast as ONNX does: an integer kept where the target holds it exactly (the batch size too, in
+    an int32/int64 or a float32/float64), every other known value unknown (float truncation, wraparound,
+    rounding), a batch-dependent one batch-dependent."""
+    if isinstance(v, str):
+        return B if v == B and to in (T.INT64, T.INT32, T.FLOAT, T.DOUBLE) else X
+    if v is None or isinstance(v, bool) or not isinstance(v, int):
+        return None
+    if to in _INT_RANGE:
+        return v if -_INT_RANGE[to] <= v < _INT_RANGE[to] else None
+    if to in (T.FLOAT, T.DOUBLE) and abs(v) <= 2 ** 24:
+        return v
+    return None
+
+
 def _slice_bounds(start, end, step, n):
     if step == 0:
         raise Unproven("Slice step 0")
@@ -498,32 +519,38 @@ def _vec_arith(op, ins):
 def _entry(op, vals):
     if op == "Where":
         c, a, b = vals
-        if c in (B, X) or c is None:
-            return X if any(v in (B, X) for v in (a, b) if isinstance(v, str)) else None
+        if isinstance(c, str):   # chosen by the batch size: batch-dependent whatever the branches
+            return X
+        if c is None or not isinstance(c, bool):
+            return X if any(isinstance(v, str) for v in (a, b)) else None
         return a if c else b
     a, b = vals
     dep = [v for v in (a, b) if isinstance(v, str)]
     if not dep:
-        if a is None or b is None:
-            return None
-        try:
-            return {"Add": a + b, "Sub": a - b, "Mul": a * b, "Equal": a == b, "Max": max(a, b), "Min": min(a, b),
-                    "Div": (a // b if isinstance(a, int) and isinstance(b, int) else a / b) if b else None}[op]
-        except (TypeError, ZeroDivisionError):
-            return None
+        if not (_plain_int(a) and _plain_int(b)):   # unknown, or float arithmetic (its rounding is the
+            return None                             # tensor's type's, not Python's): unknown, independent
+        if op == "Div":
+            if b == 0:
+                return None
+            q = abs(a) // abs(b)
+            r = q if (a >= 0) == (b > 0) else -q   # ONNX's integer division truncates toward zero
+        else:
+            r = {"Add": a + b, "Sub": a - b, "Mul": a * b, "Equal": a == b, "Max": max(a, b), "Min": min(a, b)}[op]
+        return r if isinstance(r, bool) or -2 ** 63 <= r < 2 ** 63 else None
     if op == "Equal":   # the batch size is at least 1
         other = b if a in (B, X) else a
-        if a == B or b == B:
-            if isinstance(other, (int, float)) and not isinstance(other, bool) and other < 1:
-                return False
+        if (a == B or b == B) and _plain_int(other) and other < 1:
+            return False
         return X
-    if a == B and isinstance(b, (int, float)) and not isinstance(b, bool) and (
-            op in ("Add", "Sub") and b == 0 or op in ("Mul", "Div") and b == 1):
+    if a == B and _plain_int(b) and (op in ("Add", "Sub") and b == 0 or op in ("Mul", "Div") and b == 1):
         return B
-    if b == B and op in ("Add", "Mul") and isinstance(a, (int, float)) and not isinstance(a, bool) and \
-            a == (0 if op == "Add" else 1):
+    if b == B and op in ("Add", "Mul") and _plain_int(a) and a == (0 if op == "Add" else 1):
         return B
     return X
+
+
+def _plain_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _broadcast(ins, op) -> Item:
@@ -554,6 +581,10 @@ def _per_image(node, ins, opset) -> list:
     if op == "Resize" or op == "Upsample":
         if _attr(node, "axes") is not None:
             raise Unproven("Resize with axes")
+        ctm = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+        policy = _attr(node, "keep_aspect_ratio_policy", b"stretch")
+        if ctm in (b"tf_crop_and_resize", b"tf_half_pixel_for_nn") or policy != b"stretch":
+            raise Unproven("Resize whose crop, coordinates or aspect policy reach the batch axis")
         at = (lambda k: ins[k] if len(ins) > k else None)
         scales = at(2) if op == "Resize" and opset >= 11 else (at(1) if op == "Resize" or opset >= 9 else None)
         sizes = at(3) if op == "Resize" and opset >= 11 else None

@@ -42,7 +42,7 @@ def test_the_final_model_is_verified_and_its_run_is_reused(pair, options, monkey
     real = verify_module.run_outputs
     monkeypatch.setattr(verify_module, "run_outputs", lambda m, f, n: calls.append(len(m.graph.node)) or real(m, f, n))
     [c] = check(d, _feeds(original), values=v.values, final=v.ran_as)
-    assert c["ok"], c["line"]
+    assert c["ok"] and "its head is the final model's own tensor, verified against the original" in c["line"], c["line"]
     assert not any(n == len(d.model.graph.node) for n in calls)   # the whole final model did not run again
 
 
