@@ -42,6 +42,7 @@ class Unproven(Exception):
 class Const:
     shape: tuple | None = None      # known dims (ints), None when unknown
     entries: tuple | None = None    # known small int/bool/float values (flat, for 0-D and 1-D), None unknown
+    dtype: int | None = None        # the element type (onnx.TensorProto), where the entries are known
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,18 @@ class Item:
 class Vec:
     entries: tuple                  # ints/bools/floats, None (unknown, batch-independent), B or X
     scalar: bool = False            # 0-D (one entry)
+    dtype: int | None = None        # the element type (onnx.TensorProto)
 
 
-def _vec(entries, scalar=False):
+def _vec(entries, scalar=False, dtype=None):
     entries = tuple(entries)
     if any(e in (B, X) for e in entries if isinstance(e, str)):
-        return Vec(entries, scalar)
-    return Const(() if scalar else (len(entries),), entries)
+        return Vec(entries, scalar, dtype)
+    return Const(() if scalar else (len(entries),), entries, dtype)
+
+
+def _dt(state):
+    return getattr(state, "dtype", None)
 
 
 UNARY = {"Relu", "Sigmoid", "Tanh", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round",
@@ -148,7 +154,7 @@ def _const_of(t: onnx.TensorProto) -> Const:
     n = int(np.prod(shape)) if shape else 1
     if n <= MAX_ENTRIES and t.data_type not in (onnx.TensorProto.STRING,):
         try:
-            return Const(shape, tuple(numpy_helper.to_array(t).reshape(-1).tolist()))
+            return Const(shape, tuple(numpy_helper.to_array(t).reshape(-1).tolist()), t.data_type)
         except Exception:  # noqa: BLE001 -- an external or odd tensor: its shape is enough
             return Const(shape)
     return Const(shape)
@@ -218,7 +224,7 @@ def _step(node, ins: list, opset: int) -> list:
         if not isinstance(x, Item) or any(isinstance(s, Item) for s in ins[1:]):
             raise Unproven(f"{op}: the batch is not its data")
         if op == "Dropout" and (len(ins) > 2 and ins[2] is not None and _values(ins[2]) != (False,)
-                                or _attr(node, "is_test", 1) == 0 and opset < 7):
+                                or _attr(node, "is_test", 0) == 0 and opset < 7):
             raise Unproven("Dropout in training mode")
         return [x] + [None] * (n_out - 1) if op == "Dropout" else [x]
     if op in PER_IMAGE or op == "Upsample" or op == "Resize":
@@ -317,11 +323,12 @@ def _const_step(node, ins, opset) -> list:
         for a in node.attribute:
             if a.name == "value":
                 return [_const_of(a.t)]
+            dtype = onnx.TensorProto.INT64 if a.name.startswith("value_int") else onnx.TensorProto.FLOAT
             if a.name in ("value_int", "value_float"):
-                return [Const((), (onnx.helper.get_attribute_value(a),))]
+                return [Const((), (onnx.helper.get_attribute_value(a),), dtype)]
             if a.name in ("value_ints", "value_floats"):
                 v = tuple(onnx.helper.get_attribute_value(a))
-                return [Const((len(v),), v)]
+                return [Const((len(v),), v, dtype)]
         return [Const()]
     if op in ("Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Add", "Sub",
               "Mul", "Div", "Equal", "Where", "Reshape") and all(s is None or isinstance(s, Const) for s in ins):
@@ -406,16 +413,16 @@ def _vec_step(node, ins, opset) -> list:
         r = len(dims)
         start = min(max(start + r if start < 0 else start, 0), r)
         end = r if end is None else min(max(end + r if end < 0 else end, 0), r)
-        return [_vec(dims[start:end])]
+        return [_vec(dims[start:end], dtype=onnx.TensorProto.INT64)]
     if op == "Size":
         if isinstance(ins[0], Const) and ins[0].shape is not None and None not in ins[0].shape:
-            return [_vec([int(np.prod(ins[0].shape))], True)]
-        return [_vec([X], True)]
+            return [_vec([int(np.prod(ins[0].shape))], True, onnx.TensorProto.INT64)]
+        return [_vec([X], True, onnx.TensorProto.INT64)]
     if op in ("Cast", "Identity"):
         e, scalar = _entries(ins[0])
         if op == "Cast":
             e = [_cast(v, _attr(node, "to")) for v in e]
-        return [_vec(e, scalar)]
+        return [_vec(e, scalar, _attr(node, "to") if op == "Cast" else _dt(ins[0]))]
     if op == "Gather":
         e, scalar = _entries(ins[0])
         if scalar:
@@ -423,17 +430,17 @@ def _vec_step(node, ins, opset) -> list:
         idx, idx_scalar = _entries(ins[1])
         if isinstance(ins[1], Vec) or any(i is None for i in idx):
             raise Unproven("Gather at an unknown index")
-        return [_vec([e[int(i)] for i in idx], idx_scalar)]
+        return [_vec([e[int(i)] for i in idx], idx_scalar, _dt(ins[0]))]
     if op == "Unsqueeze":
         e, scalar = _entries(ins[0])
         if not scalar or _ints(node, ins, 1, "axes", 13, opset) not in ([0], [-1]):
             raise Unproven("Unsqueeze to more than a vector")
-        return [_vec(e)]
+        return [_vec(e, dtype=_dt(ins[0]))]
     if op == "Squeeze":
         e, scalar = _entries(ins[0])
         if scalar or len(e) != 1:
             raise Unproven("Squeeze of a vector")
-        return [_vec(e, True)]
+        return [_vec(e, True, _dt(ins[0]))]
     if op == "Concat":
         out = []
         for s in ins:
@@ -441,7 +448,7 @@ def _vec_step(node, ins, opset) -> list:
             if scalar:
                 raise Unproven("Concat of a scalar")
             out += e
-        return [_vec(out)]
+        return [_vec(out, dtype=_dt(ins[0]))]
     if op == "Slice":
         e, scalar = _entries(ins[0])
         if scalar:
@@ -452,9 +459,9 @@ def _vec_step(node, ins, opset) -> list:
             starts, ends = _values(ins[1]), _values(ins[2])
             axes = _values(ins[3]) if len(ins) > 3 and ins[3] is not None else [0]
             steps = _values(ins[4]) if len(ins) > 4 and ins[4] is not None else [1]
-        if list(axes) not in ([0], [-1]) or len(starts) != 1:
-            raise Unproven("Slice of a vector")
-        return [_vec(e[slice(*_slice_bounds(int(starts[0]), int(ends[0]), int(steps[0]), len(e)))])]
+        if list(axes) not in ([0], [-1]) or len(starts) != 1 or steps[0] != 1:   # a forward slice: Python's
+            raise Unproven("Slice of a vector")                                   # clamping is ONNX's there
+        return [_vec(e[slice(*_slice_bounds(int(starts[0]), int(ends[0]), 1, len(e)))], dtype=_dt(ins[0]))]
     if op in ("Add", "Sub", "Mul", "Div", "Equal", "Where", "Max", "Min"):
         return [_vec_arith(op, ins)]
     if op == "ConstantOfShape":
@@ -493,7 +500,7 @@ def _cast(v, to):
     if to in _INT_RANGE:
         return v if -_INT_RANGE[to] <= v < _INT_RANGE[to] else None
     if to in (T.FLOAT, T.DOUBLE) and abs(v) <= 2 ** 24:
-        return v
+        return float(v)   # exact, and a float: arithmetic on it is then unknown (float32 rounds)
     return None
 
 
@@ -505,6 +512,8 @@ def _slice_bounds(start, end, step, n):
 
 def _vec_arith(op, ins):
     es = [_entries(s) for s in ins]
+    dtype = _dt(ins[1]) if op == "Where" else _dt(ins[0])
+    wide = dtype == onnx.TensorProto.INT64   # arithmetic on known values only in int64 (no narrower wraparound)
     n = max(len(e) for e, _ in es)
     scalar = all(s for _, s in es)
     if any(len(e) not in (1, n) for e, _ in es):
@@ -512,11 +521,11 @@ def _vec_arith(op, ins):
     cols = [[e[k if len(e) == n else 0] for e, _ in es] for k in range(n)]
     out = []
     for vals in cols:
-        out.append(_entry(op, vals))
-    return _vec(out, scalar)
+        out.append(_entry(op, vals, wide))
+    return _vec(out, scalar, onnx.TensorProto.BOOL if op == "Equal" else dtype)
 
 
-def _entry(op, vals):
+def _entry(op, vals, wide: bool = True):
     if op == "Where":
         c, a, b = vals
         if isinstance(c, str):   # chosen by the batch size: batch-dependent whatever the branches
@@ -529,6 +538,8 @@ def _entry(op, vals):
     if not dep:
         if not (_plain_int(a) and _plain_int(b)):   # unknown, or float arithmetic (its rounding is the
             return None                             # tensor's type's, not Python's): unknown, independent
+        if not wide and op != "Equal":   # int32/int16/int8 arithmetic wraps at its own width: unknown
+            return None
         if op == "Div":
             if b == 0:
                 return None
@@ -605,8 +616,9 @@ def _per_image(node, ins, opset) -> list:
         return [x]
     if any(isinstance(s, (Item, Vec)) for s in ins[1:]):
         raise Unproven(f"{op} with a batched parameter")
-    if op == "BatchNormalization" and (_attr(node, "training_mode", 0) or opset < 7 and not _attr(node, "is_test", 0)):
-        raise Unproven("BatchNormalization in training mode")
+    if op == "BatchNormalization" and (_attr(node, "training_mode", 0) or opset < 7 and not _attr(node, "is_test", 0)
+                                       or sum(bool(o) for o in node.output) > 1):
+        raise Unproven("BatchNormalization in training mode (or with its statistics as outputs)")
     if op == "GroupNormalization" and x.rank < 2:
         raise Unproven("GroupNormalization")
     return [x] + [None] * (len(node.output) - 1)   # MaxPool's indices are flat over the batch: unproven
@@ -623,8 +635,7 @@ def _reduce(node, ins, opset) -> Item:
         since = 13 if op == "ReduceSum" else 18
         axes = _ints(node, ins, 1, "axes", since, opset)
         if not axes:
-            if _attr(node, "noop_with_empty_axes", 0) and axes is not None or \
-                    _attr(node, "noop_with_empty_axes", 0) and opset >= since and (len(ins) < 2 or ins[1] is None):
+            if opset >= since and _attr(node, "noop_with_empty_axes", 0):   # the attribute exists from then on
                 return x
             raise Unproven(f"{op} over every axis")
     axes = {_norm(a, x.rank) for a in axes}

@@ -150,6 +150,31 @@ MIXING = {
                                               helper.make_node("Resize", ["x", "", "", "sz"], ["y"],
                                                                keep_aspect_ratio_policy="not_smaller")],
         [_i64("hw", [4, 12, 12])]),
+    # found by a second outside review: a reversing Slice of a shape vector, integers cast to float kept as
+    # integers, int32 arithmetic without its wraparound, BatchNormalization whose extra outputs mean training
+    "reduce over axes reversed by a negative-step slice": (
+        [helper.make_node("Slice", ["a0", "st", "en", "z", "m1"], ["ax"]),
+         helper.make_node("ReduceSum", ["x", "ax"], ["y"], keepdims=1, noop_with_empty_axes=1)],
+        [_i64("a0", [0]), _i64("st", [-1]), _i64("en", [-2 ** 63]), _i64("z", [0]), _i64("m1", [-1])]),
+    "resize by integer scales divided as floats": (
+        [helper.make_node("Cast", ["a", ], ["af"], to=TensorProto.FLOAT),
+         helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT), helper.make_node("Div", ["af", "bf"], ["sc"]),
+         helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")],
+        [_i64("a", [3, 2, 2, 2]), _i64("b", [2, 1, 1, 1])]),
+    "slice from a start rounded in float32": (
+        [helper.make_node("Cast", ["a"], ["af"], to=TensorProto.FLOAT), helper.make_node("Mul", ["af", "af"], ["p"]),
+         helper.make_node("Cast", ["p"], ["pi"], to=TensorProto.INT64), helper.make_node("Sub", ["pi", "c"], ["st"]),
+         helper.make_node("Slice", ["x", "st", "en", "z"], ["y"])],
+        [_i64("a", [4097]), _i64("c", [16785409]), _i64("en", [2 ** 63 - 1]), _i64("z", [0])]),
+    "slice from a start that wraps in int32 arithmetic": (
+        [helper.make_node("Mul", ["a", "a"], ["p"]), helper.make_node("Div", ["p", "a"], ["q"]),
+         helper.make_node("Div", ["q", "a"], ["r"]), helper.make_node("Sub", ["r", "one"], ["st"]),
+         helper.make_node("Slice", ["x", "st", "en", "z"], ["y"])],
+        [init("a", np.array([65536], np.int32)), init("one", np.array([1], np.int32)),
+         init("en", np.array([2 ** 31 - 1], np.int32)), init("z", np.array([0], np.int32))]),
+    "batchnorm with its statistics as outputs (training, opset 9)": (
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y", "rm", "rv", "sm", "sv"])],
+        [init(n, np.ones(4, np.float32)) for n in "gbmv"]),
     "an op it does not know": ([helper.make_node("NonZero", ["x"], ["z"]),
                                 helper.make_node("Cast", ["z"], ["y"], to=TensorProto.FLOAT)], []),
 }
@@ -157,7 +182,7 @@ MIXING = {
 
 RANK1 = {"add a scalar unsqueezed to rank 2 (rows along a rank-1 batch)"}
 RANK2 = {"matmul of a constant by the batch"}
-OPSET = {"layernorm over the batch": 18, "resize to sizes kept in aspect (the batch scaled)": 18}
+OPSET = {"batchnorm with its statistics as outputs (training, opset 9)": 9, "layernorm over the batch": 18, "resize to sizes kept in aspect (the batch scaled)": 18}
 
 
 def _mixing(kind):
@@ -523,12 +548,14 @@ MUTANTS = {
     "truncating division": ("r = q if (a >= 0) == (b > 0) else -q", "r = a // b"),
     "cast range": ("return v if -_INT_RANGE[to] <= v < _INT_RANGE[to] else None", "return v"),
     "overflow": ("return r if isinstance(r, bool) or -2 ** 63 <= r < 2 ** 63 else None", "return r"),
-    "float arithmetic": ("if not (_plain_int(a) and _plain_int(b)):", "if a is None or b is None:"),
     "unsqueeze of a scalar": ('if not scalar or _ints(node, ins, 1, "axes", 13, opset) not in ([0], [-1]):',
                               "if not scalar:"),
     "flatten's negative axis": ("a = a + x.rank if a < 0 else a", "a = a + x.rank + 1 if a < 0 else a"),
     "resize policy": ('or policy != b"stretch":', ":"),
     "an initializer fed as an input": ("states[vi.name] = Const(states[vi.name].shape)", "pass"),
+    "a vector slice's step": ("or len(starts) != 1 or steps[0] != 1:", "or len(starts) != 1:"),
+    "int32 arithmetic": ('if not wide and op != "Equal":', "if False:"),
+    "batchnorm's outputs": ("or sum(bool(o) for o in node.output) > 1):", "):"),
 }
 
 
