@@ -237,6 +237,8 @@ def _proven_samples(original, feeds: list[dict], outputs: list[str]) -> dict[int
             if not b:
                 continue
             batched = frozenset(n for n, v in feeds[k].items() if np.shape(v) != np.shape(feeds[j][n]))
+            if len({np.shape(feeds[j][n])[0] for n in batched}) != 1:   # one batch size, or "B" means two
+                continue
             if batched not in proofs:
                 proofs[batched] = itemwise(original, outputs, set(batched))
             if proofs[batched]:

@@ -130,6 +130,9 @@ def _interpret(model: onnx.ModelProto, outputs: set[str], batched: set[str]) -> 
             # a custom op may compute anything; a subgraph reads outer values unseen; a random value is not
             # the same in two runs: none is a constant of the proof
             raise Unproven(f"{node.op_type} ({node.domain or 'subgraph or random'})")
+        if node.op_type == "Dropout" and (len(ins) > 2 and ins[2] is not None and _values(ins[2]) != (False,)
+                                          or opset < 7 and _attr(node, "is_test", 0) == 0):
+            raise Unproven("Dropout in training mode (a random mask, even on a constant)")
         outs = _step(node, ins, opset)
         for name, state in zip(node.output, outs):
             if name:
@@ -223,9 +226,6 @@ def _step(node, ins: list, opset: int) -> list:
     if op in UNARY or op in ("Dropout", "Clip", "CastLike"):
         if not isinstance(x, Item) or any(isinstance(s, Item) for s in ins[1:]):
             raise Unproven(f"{op}: the batch is not its data")
-        if op == "Dropout" and (len(ins) > 2 and ins[2] is not None and _values(ins[2]) != (False,)
-                                or _attr(node, "is_test", 0) == 0 and opset < 7):
-            raise Unproven("Dropout in training mode")
         return [x] + [None] * (n_out - 1) if op == "Dropout" else [x]
     if op in PER_IMAGE or op == "Upsample" or op == "Resize":
         return _per_image(node, ins, opset)
@@ -286,7 +286,7 @@ def _step(node, ins: list, opset: int) -> list:
         return [Item(0, 2)]
     if op == "Squeeze":
         axes = _ints(node, ins, 1, "axes", 13, opset)
-        if not isinstance(x, Item) or axes is None:
+        if not isinstance(x, Item) or not axes:   # none, or an empty list: every dim of size 1 goes
             raise Unproven("Squeeze without axes (it drops a batch of 1)")
         axes = {_norm(a, x.rank) for a in axes}
         if x.axis in axes:
@@ -367,7 +367,7 @@ def _const_shape(node, ins, opset) -> tuple | None:
         return tuple(1 if k in axes else next(rest) for k in range(rank))
     if op == "Squeeze":
         axes = _ints(node, ins, 1, "axes", 13, opset)
-        axes = {k for k, d in enumerate(x.shape) if d == 1} if axes is None else {_norm(a, len(x.shape)) for a in axes}
+        axes = {k for k, d in enumerate(x.shape) if d == 1} if not axes else {_norm(a, len(x.shape)) for a in axes}
         return tuple(d for k, d in enumerate(x.shape) if k not in axes)
     if op == "Reshape":
         e = [int(v) for v in _values(ins[1], "shape")]
