@@ -316,9 +316,8 @@ def verify_float_model(r: Run) -> None:
                             dropped=r.outputs.get("dropped", ()), strict_outputs=True,
                             precision="fp16" if p.precision == "fp16" else "fp32",
                             detections={"min_agreement": p.agreement}, stack=_stack_plan(r), run_as=run_as)
-    ran = d.model if run_as is not None else r.model
-    if r.verification.values and _whole(ran):
-        r.loaded.add(id(ran))
+    if run_as is None and r.verification.values and _whole(r.model):   # (the final model, when it ran here:
+        r.loaded.add(id(r.model))                                        # check_adapters records it)
 
 
 def _whole(model: onnx.ModelProto) -> bool:

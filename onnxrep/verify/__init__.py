@@ -228,23 +228,17 @@ def _proven_samples(original, feeds: list[dict], outputs: list[str]) -> dict[int
     to its own run."""
     from onnxrep.verify.items import itemwise
 
-    out, proofs = {}, {}
-    for k in range(1, len(feeds)):
-        for j in range(k):
-            if j in out:
-                continue
-            b = _prefix(feeds[k], feeds[j])
-            if not b:
-                continue
-            batched = frozenset(n for n, v in feeds[k].items() if np.shape(v) != np.shape(feeds[j][n]))
-            if len({np.shape(feeds[j][n])[0] for n in batched}) != 1:   # one batch size, or "B" means two
-                continue
-            if batched not in proofs:
-                proofs[batched] = itemwise(original, outputs, set(batched))
-            if proofs[batched]:
-                out[k] = (j, b)
-                break
-    return out
+    proofs = {}
+
+    def proven(k, j, b):
+        batched = frozenset(n for n, v in feeds[k].items() if np.shape(v) != np.shape(feeds[j][n]))
+        if len({np.shape(feeds[j][n])[0] for n in batched}) != 1:   # one batch size, or "B" means two
+            return False
+        if batched not in proofs:
+            proofs[batched] = itemwise(original, outputs, set(batched))
+        return proofs[batched]
+
+    return _first_items_of(feeds, proven)
 
 
 def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], selected,
@@ -254,6 +248,13 @@ def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], s
     for item the same values as in j, up to rounding (no jump). The twin's deviation on those items is then
     k's own, and the twin need not run on k. Never for an output chosen through a selection (an NMS output's
     rows are detections, not items)."""
+    return _first_items_of(feeds, lambda k, j, b: all(o not in selected and _items(clean[k][o], clean[j][o], b)
+                                                      for o in outputs), known)
+
+
+def _first_items_of(feeds: list[dict], accept, known: dict | None = None) -> dict[int, tuple[int, int]]:
+    """{k: (j, b)}: sample k is the first b items of an earlier sample j that is no such sample itself (nor
+    in `known`, whose samples are left out too), and accept(k, j, b)."""
     out, known = {}, known or {}
     for k in range(1, len(feeds)):
         if k in known:
@@ -262,7 +263,7 @@ def _derived_samples(feeds: list[dict], clean: list[dict], outputs: list[str], s
             if j in out or j in known:
                 continue
             b = _prefix(feeds[k], feeds[j])
-            if b and all(o not in selected and _items(clean[k][o], clean[j][o], b) for o in outputs):
+            if b and accept(k, j, b):
                 out[k] = (j, b)
                 break
     return out
@@ -476,7 +477,8 @@ def verify(original, optimized, *, samples: int = 2, seed: int = 0, shapes: dict
     outs = [{n: out[i] for n, i in zip(names, inner)} for out in outs]
     pieces, problems = _pieces(runs, outs, ref.feeds, batched, names)   # (sample, its outputs), one per item
     for k, (j, b) in sorted(firsts.items()):
-        pieces.append((k, {n: np.asarray(got[n])[:b] for i, got in pieces if i == j for n in names}))
+        got = next(g for i, g in pieces if i == j)
+        pieces.append((k, {n: np.asarray(got[n])[:b] for n in names}))
     gots = [next(got for k, got in pieces if k == i) for i in range(len(ref.feeds)) if any(k == i for k, _ in pieces)]
     checks, levels = [], {}
     for a, b in compared:

@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxrep.verify.runtime import Cut
+
 __all__ = ["itemwise"]
 
 B, X = "B", "X"   # a Vec entry: the batch size itself; some other function of it
@@ -119,9 +121,8 @@ def _interpret(model: onnx.ModelProto, outputs: set[str], batched: set[str]) -> 
             states[vi.name] = Const(tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
                                     if dims is not None and vi.type.tensor_type.HasField("shape") else None)
     opset = _opset(model)
-    need = _cone(g, outputs)
-    for node in g.node:
-        if not any(o in need for o in node.output):
+    for node, needed in zip(g.node, Cut(model, list(outputs)).keep):   # the outputs' cone only
+        if not needed:
             continue
         ins = [states.get(i) if i else None for i in node.input]
         if any(i and s is None for i, s in zip(node.input, ins)):
@@ -142,14 +143,6 @@ def _interpret(model: onnx.ModelProto, outputs: set[str], batched: set[str]) -> 
 
 def _has_graph(node) -> bool:
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-
-
-def _cone(g, outputs: set[str]) -> set[str]:
-    need = set(outputs)
-    for node in reversed(g.node):
-        if any(o in need for o in node.output):
-            need |= set(node.input)
-    return need
 
 
 def _const_of(t: onnx.TensorProto) -> Const:
@@ -193,10 +186,6 @@ def _norm(axis: int, rank: int) -> int:
     if not 0 <= a < rank:
         raise Unproven("axis out of range")
     return a
-
-
-def _item_rank(state) -> int:
-    return state.rank
 
 
 def _step(node, ins: list, opset: int) -> list:
@@ -461,7 +450,7 @@ def _vec_step(node, ins, opset) -> list:
             steps = _values(ins[4]) if len(ins) > 4 and ins[4] is not None else [1]
         if list(axes) not in ([0], [-1]) or len(starts) != 1 or steps[0] != 1:   # a forward slice: Python's
             raise Unproven("Slice of a vector")                                   # clamping is ONNX's there
-        return [_vec(e[slice(*_slice_bounds(int(starts[0]), int(ends[0]), 1, len(e)))], dtype=_dt(ins[0]))]
+        return [_vec(e[int(starts[0]):int(ends[0])], dtype=_dt(ins[0]))]
     if op in ("Add", "Sub", "Mul", "Div", "Equal", "Where", "Max", "Min"):
         return [_vec_arith(op, ins)]
     if op == "ConstantOfShape":
@@ -502,12 +491,6 @@ def _cast(v, to):
     if to in (T.FLOAT, T.DOUBLE) and abs(v) <= 2 ** 24:
         return float(v)   # exact, and a float: arithmetic on it is then unknown (float32 rounds)
     return None
-
-
-def _slice_bounds(start, end, step, n):
-    if step == 0:
-        raise Unproven("Slice step 0")
-    return slice(start, end, step).indices(n)
 
 
 def _vec_arith(op, ins):
